@@ -1,0 +1,1 @@
+"""How provision acts on nodes: one SSH configuration, Ansible for convergence."""

@@ -1,0 +1,128 @@
+"""Pipelines as data: the ordered stages in ``pipelines/<name>.yaml``.
+
+A stage names the nodes it targets (by role), the stages it needs, how it
+converges (the provider, or Ansible roles) and the testinfra module that proves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provision.errors import BadInput
+from provision.paths import repo_root
+
+NODE_ROLES = ("control-plane", "etcd", "worker")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    targets: tuple[str, ...]
+    verify: str
+    requires: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    provider_action: str | None = None
+    serial: int = 0
+    run_once: bool = False
+
+    def targets_node(self, node_roles: set[str]) -> bool:
+        return "all" in self.targets or bool(node_roles & set(self.targets))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    description: str
+    stages: tuple[Stage, ...] = field(default_factory=tuple)
+    source: Path | None = None
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise BadInput(f"unknown stage {name!r}; stages are: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def narrowed(self, until: str | None = None, only: str | None = None) -> list[Stage]:
+        """The stages a run executes, in order, after --until / --only."""
+        if only and until:
+            raise BadInput("--only and --until cannot be combined: --only runs one stage")
+        if only:
+            return [self.stage(only)]
+        if until:
+            last = self.names.index(self.stage(until).name)
+            return list(self.stages[: last + 1])
+        return list(self.stages)
+
+
+def pipelines_dir() -> Path:
+    return repo_root() / "pipelines"
+
+
+def load_pipeline(name: str = "cluster", directory: Path | None = None) -> Pipeline:
+    path = (directory or pipelines_dir()) / f"{name}.yaml"
+    if not path.is_file():
+        raise BadInput(f"no pipeline {name!r}: {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    return parse_pipeline(data, path)
+
+
+def parse_pipeline(data: Any, path: Path) -> Pipeline:
+    def bad(where: str, what: str) -> BadInput:
+        return BadInput(f"{path}: {where}: {what}")
+
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise bad("top level", "expected a mapping with a 'stages' list")
+    stages: list[Stage] = []
+    seen: set[str] = set()
+    known_keys = {"name", "description", "targets", "requires", "converge", "verify",
+                  "serial", "run_once"}
+    for i, raw in enumerate(data["stages"]):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise bad(where, "each stage needs at least a name")
+        unknown = set(raw) - known_keys
+        if unknown:
+            raise bad(where, f"unknown keys {sorted(unknown)}; allowed: {sorted(known_keys)}")
+        name = str(raw["name"])
+        targets = tuple(raw.get("targets") or ["all"])
+        for target in targets:
+            if target != "all" and target not in NODE_ROLES:
+                raise bad(f"{where}.targets", f"{target!r} is not a node role or 'all'")
+        requires = tuple(raw.get("requires") or ())
+        for need in requires:
+            if need not in seen:
+                raise bad(f"{where}.requires", f"{need!r} must be an earlier stage")
+        converge = raw.get("converge") or {}
+        roles = tuple(converge.get("roles") or ())
+        provider_action = converge.get("provider")
+        if bool(roles) == bool(provider_action):
+            raise bad(f"{where}.converge", "give exactly one of 'roles' or 'provider'")
+        stages.append(
+            Stage(
+                name=name,
+                description=str(raw.get("description", "")),
+                targets=targets,
+                verify=str(raw.get("verify", name.replace("-", "_"))),
+                requires=requires,
+                roles=roles,
+                provider_action=provider_action,
+                serial=int(raw.get("serial", 0)),
+                run_once=bool(raw.get("run_once", False)),
+            )
+        )
+        seen.add(name)
+    return Pipeline(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", "")),
+        stages=tuple(stages),
+        source=path,
+    )
