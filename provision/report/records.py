@@ -2,7 +2,16 @@
 
 The engine calls a :class:`RunRecord` from worker threads; every method is thread-safe.
 Timings are taken as floats (``time.time()``) from the caller and the very same floats
-go to the log line and to ``report.json``, so the two always agree.
+go to the log line and to ``report.json``, so the two always agree: a node's line in
+run.log reads ``[stage] node: status 3.207s (started=<epoch> finished=<epoch>)``.
+
+report.json: ``run_id, command, inventory, cluster, started, finished`` (ISO, UTC),
+``started_epoch, finished_epoch, duration, status, error, failure`` ({stage, node,
+task, check, detail, log} or null), ``stages`` [{name, status, started, finished,
+duration, log, nodes [{name, status, started, finished, duration, task, detail}],
+checks [{node, name, outcome, duration, message}]}], ``run_dir, log, events,
+junit_dir``. Stage and node times are epoch floats; a node that never ran has
+status ``not-run`` and null times; a stage never finished has status ``unfinished``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from provision.report.html import render_html
 from provision.report.redact import Redactor
 
 NODE_STATUSES = ("ok", "changed", "skipped", "failed")
@@ -246,8 +256,6 @@ class RunRecord:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """End the run: write report.json and report.html, scrub secrets from every file."""
-        from provision.report.html import render_html
-
         with self._lock:
             self.finished, self.status = self._clock(), status
             self.error = self.redact(error) if error else None
@@ -302,6 +310,7 @@ class RunRecord:
             return clean
 
     def _stage_dict(self, s: StageRecord) -> dict[str, Any]:
+        stage_log = self.dir / "ansible" / f"{s.name}.log"
         nodes: list[dict[str, Any]] = []
         for name in s.nodes:
             r = s.results.get(name) or NodeResult(name, "not-run", 0.0, 0.0)
@@ -325,6 +334,7 @@ class RunRecord:
             "duration": None if s.finished is None else round(s.finished - s.started, 3),
             "nodes": nodes,
             "checks": [vars(c).copy() for c in s.checks],
+            "log": str(stage_log) if stage_log.exists() else None,
         }
 
     def _failure(self) -> dict[str, Any] | None:

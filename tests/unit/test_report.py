@@ -86,6 +86,7 @@ def test_report_json_contents(tmp_path: Path) -> None:
     assert [s["name"] for s in data["stages"]] == ["os", "runtime"]
     os_stage, rt = data["stages"]
     assert os_stage["status"] == "changed" and rt["status"] == "failed"
+    assert os_stage["log"] is None  # no Ansible output was written for it
     assert os_stage["nodes"][0] == {
         "name": "cp-1",
         "status": "changed",
@@ -206,6 +207,9 @@ def test_secrets_never_reach_any_file(tmp_path: Path) -> None:
     assert "***" in rec.log.read_text() and "***" in rec.report_html.read_text()
     for line in rec.events.read_text().splitlines():
         json.loads(line)  # still valid JSON
+    report = json.loads(rec.report_json.read_text())
+    assert report["stages"][0]["log"] == str(rec.stage_log("os"))
+    assert report["failure"]["log"] == str(rec.stage_log("os"))
 
 
 def test_context_manager_records_the_exception(tmp_path: Path) -> None:
