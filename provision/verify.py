@@ -48,15 +48,16 @@ class VerifyResult:
         return next((c for c in self.checks if c.node == node and c.outcome == "failed"), None)
 
 
-def check_module(name: str) -> Path:
-    path = CHECKS_DIR / f"{name}.py"
+def check_module(name: str, checks_dir: Path | None = None) -> Path:
+    path = (checks_dir or CHECKS_DIR) / f"{name}.py"
     if not path.is_file():
         raise BadInput(f"no checks module {name!r} ({path})")
     return path
 
 
 def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict[str, Any],
-               junit: Path, timeout: float = 900) -> VerifyResult:
+               junit: Path, timeout: float = 900,
+               checks_dir: Path | None = None) -> VerifyResult:
     """Run ``provision/checks/<module>.py`` on ``nodes``; never raises for a failed check."""
     if not nodes:
         return VerifyResult()
@@ -64,7 +65,7 @@ def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict
     context_file = junit.with_suffix(".context.json")
     context_file.write_text(json.dumps(context, indent=1, sort_keys=True, default=str))
     argv = [
-        sys.executable, "-m", "pytest", str(check_module(module)),
+        sys.executable, "-m", "pytest", str(check_module(module, checks_dir)),
         "--hosts", ",".join(f"ssh://{n}" for n in nodes),
         "--ssh-config", str(paths.ssh_config),
         "--junitxml", str(junit),

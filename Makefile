@@ -1,0 +1,65 @@
+# provision: the two commands a fresh box needs are `make up` and `make test`.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PROVISION := $(VENV)/bin/provision
+INVENTORY ?= inventories/local.yaml
+PYTEST_ARGS ?=
+
+# Debian packages the provisioner host needs (lab machines, artifact build and serving).
+HOST_PACKAGES := systemd-container debootstrap mmdebstrap iproute2 iptables socat \
+	openssh-client openssh-server nginx-light docker-registry dpkg-dev apt-utils \
+	busybox-static ca-certificates curl python3-venv
+
+.PHONY: deps host-deps venv artifacts up test test-unit test-lab lint bench clean
+
+deps: host-deps venv
+
+host-deps:
+	missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done)
+	if [ -n "$$missing" ]; then
+		echo "installing host packages: $$missing"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+	fi
+	# sshd is used by tests inside namespaces only; never as a host service.
+	command -v go >/dev/null || { echo "error: the Go toolchain (>= 1.25) is needed to build Kubernetes offline; install it and retry" >&2; exit 2; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+artifacts: deps
+	$(PROVISION) artifacts build -i $(INVENTORY)
+
+up: deps artifacts
+	$(PROVISION) up -i $(INVENTORY)
+	$(PROVISION) kubeconfig -i $(INVENTORY)
+
+test: deps
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-lab: deps
+	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check provision tests bench
+	$(VENV)/bin/mypy provision
+
+bench: deps
+	mkdir -p bench/results
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b | tee bench/results/$$(basename $$b .py).json; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

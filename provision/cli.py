@@ -1,0 +1,237 @@
+"""The ``provision`` command line. Parsing and printing only: the work is in operations.
+
+Exit codes: 0 success, 1 a stage, check or host operation failed, 2 bad input
+(nothing was touched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from provision import __version__
+from provision.errors import EXIT_BAD_INPUT, EXIT_FAILED, ProvisionError
+
+app = typer.Typer(
+    name="provision",
+    help="Turn one inventory file into a verified, highly available Kubernetes cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+Inventory = Annotated[
+    Path,
+    typer.Option("-i", "--inventory", help="Inventory file (YAML).", envvar="PROVISION_INVENTORY"),
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json (for scripts).")]
+Nodes = Annotated[
+    str | None, typer.Option("--nodes", help="Comma-separated node names to limit the run to.")
+]
+
+
+def _nodes(value: str | None) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()] if value else []
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call an operation; turn provision's errors into a message and an exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except ProvisionError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except FileNotFoundError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def validate(inventory: Inventory, output: OutputOpt = Output.text) -> None:
+    """Check an inventory and report every problem with file, line and field; touches nothing."""
+    from provision.inventory import InventoryInvalid, load_inventory
+
+    try:
+        inv = load_inventory(inventory)
+    except InventoryInvalid as exc:
+        if output is Output.json:
+            _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]})
+        else:
+            err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ProvisionError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    warnings = [p.to_dict() for p in getattr(inv, "warnings", [])]
+    if output is Output.json:
+        _emit_json({"valid": True, "cluster": inv.name, "warnings": warnings,
+                    "nodes": [{"name": n.name, "roles": sorted(n.roles), "provider": n.provider,
+                               "address": str(n.address)} for n in inv.nodes]})
+        return
+    for w in getattr(inv, "warnings", []):
+        err.print(str(w), markup=False)
+    out.print(f"{inventory}: valid: cluster {inv.name!r}, {len(inv.nodes)} nodes")
+
+
+@app.command()
+def schema() -> None:
+    """Print the inventory's JSON Schema (point your editor at it)."""
+    from provision.inventory import inventory_json_schema
+
+    _emit_json(inventory_json_schema())
+
+
+@app.command()
+def plan(inventory: Inventory, output: OutputOpt = Output.text) -> None:
+    """Show what `up` would do now: machines to create, stages to converge, and why."""
+    from provision import operations
+
+    actions = _run(operations.plan, inventory)
+    if output is Output.json:
+        _emit_json({"actions": [a.__dict__ for a in actions]})
+        return
+    table = Table("action", "node", "stage", "reason", title="plan")
+    for a in actions:
+        table.add_row(a.action, a.node, a.stage, a.reason)
+    out.print(table)
+
+
+@app.command()
+def up(
+    inventory: Inventory,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run only this stage.")] = None,
+    nodes: Nodes = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create or converge the cluster: run every stage, verify each before the next."""
+    from provision import operations
+
+    summary = _run(operations.up, inventory, until=until, only=only, nodes=_nodes(nodes))
+    _finish(summary, output)
+
+
+@app.command()
+def verify(
+    inventory: Inventory,
+    only: Annotated[str | None, typer.Option(help="Check only this stage.")] = None,
+    nodes: Nodes = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Re-run every stage's checks against the live cluster; change nothing."""
+    from provision import operations
+
+    summary = _run(operations.verify, inventory, only=only, nodes=_nodes(nodes))
+    _finish(summary, output)
+
+
+def _finish(summary: Any, output: Output) -> None:
+    if output is Output.json:
+        _emit_json(summary.to_json())
+    else:
+        colour = "green" if summary.status == "ok" else "red"
+        out.print(f"[{colour}]{summary.command} {summary.status}[/{colour}] "
+                  f"in {summary.duration:.1f}s; report: {summary.report_html}")
+        if summary.error:
+            err.print(summary.error, markup=False)
+    if summary.status != "ok":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def status(inventory: Inventory, output: OutputOpt = Output.text) -> None:
+    """Show the cluster's machines and the outcome of the last run."""
+    from provision import operations
+
+    data = _run(operations.status, inventory)
+    if output is Output.json:
+        _emit_json(data)
+        return
+    table = Table("node", "roles", "provider", "address", "machine", title=data["cluster"])
+    for n in data["nodes"]:
+        table.add_row(n["name"], ",".join(n["roles"]), n["provider"], n["address"], n["machine"])
+    out.print(table)
+    last = data["last_run"]
+    if last:
+        out.print(f"last run: {last['command']} {last['status']} ({last['run']}); "
+                  f"report: {last['report']}")
+    else:
+        out.print("no run recorded yet")
+
+
+@app.command()
+def destroy(
+    inventory: Inventory,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Remove every machine and network of the cluster."""
+    from provision import operations
+    from provision.inventory import load_inventory
+
+    name = _run(load_inventory, inventory).name
+    if not yes:
+        if not sys.stdin.isatty():
+            err.print("error: refusing to destroy without --yes when not on a terminal")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        typer.confirm(f"Destroy cluster {name!r} and all its machines?", abort=True)
+    data = _run(operations.destroy, inventory)
+    if output is Output.json:
+        _emit_json(data)
+    else:
+        out.print(f"destroyed cluster {data['cluster']}: {', '.join(data['destroyed'])}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    ctx: typer.Context,
+    inventory: Inventory,
+    node: Annotated[str, typer.Argument(help="Node name.")],
+) -> None:
+    """Open a shell (or run a command) on a node with the cluster's SSH settings."""
+    from provision import operations
+
+    argv = _run(operations.ssh_argv, inventory, node, list(ctx.args))
+    os.execvp(argv[0], argv)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"provision {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Turn one inventory file into a verified, highly available Kubernetes cluster."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The stage engine: converge, verify, gate, record; skip what is already done.
+
+For each stage of the (narrowed) pipeline, on its target nodes:
+
+1. compute the stage's input hash per node (role files, the variables the node
+   gets, artifact versions);
+2. read the hash stored on the node by the last successful converge; nodes whose
+   hash matches are verified first, and skipped if their checks pass;
+3. converge the others (the provider for ``machines``, Ansible roles otherwise);
+   the playbook records the new hash on each node only after all its roles passed;
+4. verify the converged nodes; the first failing node stops the run with the node,
+   the stage, the failing task or check, and the log file.
+
+Nothing here remembers earlier runs: the nodes themselves say what is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from provision import clustervars
+from provision.errors import BadInput, StageFailed
+from provision.executors import ansible, ssh
+from provision.paths import ClusterPaths, repo_root
+from provision.pipeline import Stage
+from provision.verify import VerifyResult, run_checks
+
+MARKER_DIR = "/var/lib/provision/stages"
+
+
+class Record(Protocol):
+    """What the engine tells the run record (provision.report.RunRecord)."""
+
+    def log_line(self, text: str) -> None: ...
+    def event(self, event: dict[str, Any]) -> None: ...
+    def stage_started(self, stage: str, nodes: list[str]) -> None: ...
+    def node_result(self, stage: str, node: str, status: str, started: float,
+                    finished: float, detail: str = "", task: str | None = None) -> None: ...
+    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
+                     duration: float, message: str = "") -> None: ...
+    def stage_finished(self, stage: str, status: str) -> None: ...
+    def stage_log(self, stage: str) -> Path: ...
+
+    @property
+    def junit_dir(self) -> Path: ...
+
+
+class Progress(Protocol):
+    def stage_started(self, stage: str, nodes: list[str]) -> None: ...
+    def node_state(self, stage: str, node: str, state: str, task: str | None = None) -> None: ...
+    def stage_finished(self, stage: str, status: str) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    skipped: list[str] = field(default_factory=list)
+    converged: list[str] = field(default_factory=list)
+    status: str = "ok"  # ok | changed | skipped | failed
+
+
+@dataclass
+class Hooks:
+    """What the engine needs from the rest of provision, injected for testability.
+
+    ``ensure_machines(stage, nodes)`` makes machines exist (the provider);
+    ``ssh_endpoints()`` says how to reach every node; ``services()`` starts (or
+    finds) the artifact mirror and returns its addresses for the nodes.
+    """
+
+    ensure_machines: Callable[[list[Any]], None]
+    ssh_endpoints: Callable[[], dict[str, ssh.SSHEndpoint]]
+    services: Callable[[], dict[str, str]] = lambda: {}
+    artifact_versions: Callable[[], dict[str, str]] = lambda: {}
+
+
+class Engine:
+    def __init__(self, inv: Any, paths: ClusterPaths, record: Record, progress: Progress,
+                 hooks: Hooks, roles_dir: Path | None = None, checks_dir: Path | None = None,
+                 marker_dir: str = MARKER_DIR) -> None:
+        self.inv = inv
+        self.paths = paths
+        self.record = record
+        self.progress = progress
+        self.hooks = hooks
+        self.roles_dir = roles_dir or repo_root() / "roles"
+        self.checks_dir = checks_dir
+        self.marker_dir = marker_dir
+        self._services: dict[str, str] | None = None
+        self._role_digest: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- public
+    def run(self, stages: Sequence[Stage], only_nodes: Sequence[str] = ()) -> list[StageOutcome]:
+        unknown = set(only_nodes) - {n.name for n in self.inv.nodes}
+        if unknown:
+            missing = ", ".join(sorted(unknown))
+            raise BadInput(f"--nodes: no such node(s) in the inventory: {missing}")
+        outcomes = []
+        for stage in stages:
+            nodes = [n for n in self.inv.nodes if stage.targets_node(set(n.roles))
+                     and (not only_nodes or n.name in only_nodes)]
+            if stage.run_once:
+                nodes = nodes[:1]
+            outcomes.append(self.run_stage(stage, nodes))
+        return outcomes
+
+    def run_stage(self, stage: Stage, nodes: list[Any]) -> StageOutcome:
+        names = [n.name for n in nodes]
+        outcome = StageOutcome(stage.name)
+        self.record.stage_started(stage.name, names)
+        self.progress.stage_started(stage.name, names)
+        self.record.log_line(f"[{stage.name}] start on {', '.join(names) or 'no nodes'}")
+        try:
+            if not nodes:
+                outcome.status = "skipped"
+            elif stage.provider_action:
+                self._converge_machines(stage, nodes, outcome)
+            else:
+                self._converge_roles(stage, nodes, outcome)
+        except StageFailed:
+            outcome.status = "failed"
+            self.record.stage_finished(stage.name, "failed")
+            self.progress.stage_finished(stage.name, "failed")
+            raise
+        if outcome.status != "skipped":
+            outcome.status = "changed" if outcome.converged else "skipped"
+        self.record.stage_finished(stage.name, outcome.status)
+        self.progress.stage_finished(stage.name, outcome.status)
+        self.record.log_line(f"[{stage.name}] {outcome.status}: converged "
+                             f"{outcome.converged or '-'} skipped {outcome.skipped or '-'}")
+        return outcome
+
+    def verify_only(self, stages: Sequence[Stage], only_nodes: Sequence[str] = ()) -> bool:
+        """Re-run every stage's checks; converge nothing. True when all pass."""
+        self.write_ssh_config()
+        all_ok = True
+        for stage in stages:
+            nodes = [n for n in self.inv.nodes if stage.targets_node(set(n.roles))
+                     and (not only_nodes or n.name in only_nodes)]
+            if stage.run_once:
+                nodes = nodes[:1]
+            names = [n.name for n in nodes]
+            self.record.stage_started(stage.name, names)
+            self.progress.stage_started(stage.name, names)
+            started = time.time()
+            result = self._verify(stage, names, suffix="verify")
+            failed = result.failed_nodes() | (set(names) if result.error else set())
+            for name in names:
+                status = "failed" if name in failed else "ok"
+                self.record.node_result(stage.name, name, status, started, time.time(),
+                                        detail=result.error if result.error else "")
+                self.progress.node_state(stage.name, name, status)
+            status = "failed" if failed else "ok"
+            all_ok &= not failed
+            self.record.stage_finished(stage.name, status)
+            self.progress.stage_finished(stage.name, status)
+        return all_ok
+
+    def write_ssh_config(self) -> Path:
+        return ssh.write_ssh_config(self.paths, self.inv.ssh.user, self.hooks.ssh_endpoints())
+
+    # --------------------------------------------------------------- machines
+    def _converge_machines(self, stage: Stage, nodes: list[Any], outcome: StageOutcome) -> None:
+        started = time.time()
+        for node in nodes:
+            self.progress.node_state(stage.name, node.name, "running", "ensure machine")
+        ssh.ensure_cluster_keypair(self.paths)
+        try:
+            self.hooks.ensure_machines(nodes)
+        except Exception as exc:
+            self._fail(stage, nodes[0].name, f"machine provider: {exc}", started)
+        self.write_ssh_config()
+        result = self._verify(stage, [n.name for n in nodes])
+        self._gate(stage, [n.name for n in nodes], result, started)
+        for node in nodes:
+            self.record.node_result(stage.name, node.name, "ok", started, time.time())
+            self.progress.node_state(stage.name, node.name, "ok")
+        outcome.converged = [n.name for n in nodes]
+
+    # ------------------------------------------------------------------ roles
+    def _converge_roles(self, stage: Stage, nodes: list[Any], outcome: StageOutcome) -> None:
+        started = time.time()
+        self.write_ssh_config()
+        gvars = self.global_vars()
+        inventory = ansible.write_inventory(
+            self.paths,
+            {n.name: clustervars.host_vars(n) for n in self.inv.nodes},
+            clustervars.groups(self.inv),
+            gvars,
+        )
+        ansible.write_ansible_cfg(self.paths, self.roles_dir)
+        hashes = {n.name: self.stage_hash(stage, n, gvars) for n in nodes}
+
+        stored = self._stored_hashes(stage, [n.name for n in nodes])
+        candidates = [n for n in hashes if stored.get(n) == hashes[n]]
+        if candidates:
+            for name in candidates:
+                self.progress.node_state(stage.name, name, "checking")
+            result = self._verify(stage, candidates, suffix="precheck")
+            passed = result.passed_nodes(candidates) if not result.error else set()
+            for name in candidates:
+                if name in passed:
+                    outcome.skipped.append(name)
+                    self.record.node_result(stage.name, name, "skipped", started, time.time(),
+                                            detail="inputs unchanged and checks pass")
+                    self.progress.node_state(stage.name, name, "skipped")
+
+        todo = [n.name for n in nodes if n.name not in outcome.skipped]
+        if not todo:
+            return
+        playbook = ansible.write_stage_playbook(
+            self.paths, stage.name, list(stage.roles), todo, stage.serial, hashes,
+            self.marker_dir)
+        first_seen: dict[str, float] = {}
+        last_seen: dict[str, float] = {}
+
+        def on_event(event: dict[str, Any]) -> None:
+            data = event.get("event_data") or {}
+            host = data.get("host")
+            now = time.time()
+            self.record.event({"stage": stage.name, "event": event.get("event"),
+                               "host": host, "task": data.get("task"),
+                               "time": now, "uuid": event.get("uuid")})
+            if host:
+                first_seen.setdefault(host, now)
+                last_seen[host] = now
+                if event.get("event") == "runner_on_start":
+                    self.progress.node_state(stage.name, host, "running", data.get("task"))
+
+        self.record.log_line(f"[{stage.name}] converge {', '.join(todo)} "
+                             f"(roles: {', '.join(stage.roles)})")
+        work = self.record.stage_log(stage.name).parent / f"ansible-{stage.name}"
+        result = ansible.run_playbook(self.paths, playbook, inventory, work, on_event)
+        log = result.stdout_path or work
+        for name in todo:
+            host = result.hosts.get(name)
+            status = host.status if host else ("failed" if result.rc else "ok")
+            if status in ("failed", "unreachable") or host is None and result.rc:
+                task = host.task if host else None
+                what = f"task {task!r}: {host.message}" if host and task else \
+                    f"ansible-playbook exit {result.rc} (no result for this node)"
+                self.record.node_result(stage.name, name, "failed", first_seen.get(name, started),
+                                        last_seen.get(name, time.time()), detail=what, task=task)
+                self.progress.node_state(stage.name, name, "failed", task)
+                raise StageFailed(stage.name, name, what, str(log))
+        verify = self._verify(stage, todo)
+        self._gate(stage, todo, verify, started)
+        for name in todo:
+            host = result.hosts.get(name)
+            status = "changed" if host and host.status == "changed" else "ok"
+            self.record.node_result(stage.name, name, status, first_seen.get(name, started),
+                                    last_seen.get(name, time.time()))
+            self.progress.node_state(stage.name, name, status)
+        outcome.converged = todo
+
+    # ---------------------------------------------------------------- helpers
+    def global_vars(self) -> dict[str, Any]:
+        if self._services is None:
+            self._services = dict(self.hooks.services())
+            self._services.setdefault("pki_dir", str(self.paths.pki_dir))
+        return clustervars.global_vars(self.inv, self._services)
+
+    def stage_hash(self, stage: Stage, node: Any, gvars: dict[str, Any]) -> str:
+        """Everything that decides what converging this stage on this node does."""
+        inputs = {
+            "stage": stage.name,
+            "roles": {r: self._role_hash(r) for r in stage.roles},
+            "global": gvars,
+            "host": clustervars.host_vars(node),
+            "groups": clustervars.groups(self.inv),
+            "artifacts": self.hooks.artifact_versions(),
+        }
+        blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def _role_hash(self, role: str) -> str:
+        if role not in self._role_digest:
+            root = self.roles_dir / role
+            if not root.is_dir():
+                raise BadInput(f"pipeline names role {role!r} but {root} does not exist")
+            digest = hashlib.sha256()
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                digest.update(str(path.relative_to(root)).encode() + b"\0")
+                digest.update(path.read_bytes())
+            self._role_digest[role] = digest.hexdigest()
+        return self._role_digest[role]
+
+    def _stored_hashes(self, stage: Stage, names: list[str]) -> dict[str, str]:
+        def read(name: str) -> tuple[str, str]:
+            try:
+                proc = ssh.run_on_node(self.paths, name,
+                                       f"cat {self.marker_dir}/{stage.name} 2>/dev/null || true",
+                                       timeout=30)
+            except Exception:  # noqa: BLE001 - an unreadable marker just means "converge"
+                return name, ""
+            return name, proc.stdout.strip() if proc.returncode == 0 else ""
+
+        with ThreadPoolExecutor(max_workers=min(16, len(names) or 1)) as pool:
+            return dict(pool.map(read, names))
+
+    def _verify(self, stage: Stage, names: list[str], suffix: str = "") -> VerifyResult:
+        junit = self.record.junit_dir / (stage.name + (f"-{suffix}" if suffix else "") + ".xml")
+        for name in names:
+            self.progress.node_state(stage.name, name, "verifying")
+        context = dict(self.global_vars())
+        context["stage"] = stage.name
+        result = run_checks(self.paths, stage.verify, names, context, junit,
+                            checks_dir=self.checks_dir)
+        for check in result.checks:
+            self.record.check_result(stage.name, check.node, check.name, check.outcome,
+                                     check.duration, check.message)
+        return result
+
+    def _gate(self, stage: Stage, names: list[str], result: VerifyResult, started: float) -> None:
+        if result.error:
+            self._fail(stage, names[0], result.error, started, log=result.junit)
+        for name in names:
+            failure = result.first_failure(name)
+            if failure:
+                first_line = failure.message.splitlines()[0] if failure.message else ""
+                self._fail(stage, name, f"check {failure.name} failed: {first_line}", started,
+                           log=result.junit)
+
+    def _fail(self, stage: Stage, node: str, what: str, started: float,
+              log: Path | None = None) -> None:
+        self.record.node_result(stage.name, node, "failed", started, time.time(), detail=what)
+        self.progress.node_state(stage.name, node, "failed")
+        raise StageFailed(stage.name, node, what, str(log or self.record.stage_log(stage.name)))

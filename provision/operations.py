@@ -1,0 +1,277 @@
+"""What each CLI command does, as plain functions (the CLI only parses and prints).
+
+Every operation loads and validates the inventory first, so bad input fails before
+any host is touched, then works through the providers, the engine and a run record.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision.engine import MARKER_DIR, Engine, Hooks, StageOutcome
+from provision.errors import BadInput, ProvisionError
+from provision.executors import ssh
+from provision.inventory import load_inventory
+from provision.paths import ClusterPaths
+from provision.pipeline import Pipeline, load_pipeline
+from provision.providers import get_provider
+from provision.report import RunRecord, make_progress
+from provision.report.progress import Tee
+
+
+
+@dataclass
+class RunSummary:
+    command: str
+    cluster: str
+    status: str  # ok | failed
+    record_dir: str
+    report_html: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class Cluster:
+    """One inventory, its state directory and its providers."""
+
+    def __init__(self, inventory_path: Path) -> None:
+        self.inv = load_inventory(inventory_path)
+        self.paths = ClusterPaths.for_cluster(self.inv.name)
+        self._providers: dict[str, Any] = {}
+
+    def provider(self, name: str) -> Any:
+        if name not in self._providers:
+            self._providers[name] = get_provider(name, self.paths)
+        return self._providers[name]
+
+    def nodes_by_provider(self, nodes: Sequence[Any]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for node in nodes:
+            out.setdefault(node.provider, []).append(node)
+        return out
+
+    def check_providers(self) -> None:
+        """Provider-level validation (nothing touched); raises BadInput with every problem."""
+        problems = []
+        for name, nodes in self.nodes_by_provider(self.inv.nodes).items():
+            problems += list(self.provider(name).check(self.inv, nodes))
+        errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+        if errors:
+            raise BadInput("\n".join(str(p) for p in errors))
+
+    def hooks(self, progress: Any) -> Hooks:
+        def ensure_machines(nodes: list[Any]) -> None:
+            for name, group in self.nodes_by_provider(nodes).items():
+                self.provider(name).ensure(self.inv, group, progress)
+
+        def endpoints() -> dict[str, ssh.SSHEndpoint]:
+            return {n.name: self.provider(n.provider).ssh_endpoint(self.inv, n)
+                    for n in self.inv.nodes}
+
+        def services() -> dict[str, str]:
+            out: dict[str, str] = {}
+            for name in self.nodes_by_provider(self.inv.nodes):
+                start = getattr(self.provider(name), "artifact_services", None)
+                if start and self.inv.artifacts.source == "offline":
+                    out.update(start(self.inv))
+            return out
+
+        return Hooks(ensure_machines=ensure_machines, ssh_endpoints=endpoints,
+                     services=services)
+
+
+def _open_run(cluster: Cluster, command: str, inventory_path: Path) -> tuple[Any, Any]:
+    cluster.paths.ensure()
+    record = RunRecord(cluster.paths.runs_dir, command=command,
+                       inventory=str(inventory_path), cluster=cluster.inv.name)
+    progress = Tee(record, make_progress(sys.stderr))
+    return record, progress
+
+
+def up(inventory_path: Path, until: str | None = None, only: str | None = None,
+       nodes: Sequence[str] = (), pipeline_name: str = "cluster") -> RunSummary:
+    cluster = Cluster(inventory_path)
+    pipeline = load_pipeline(pipeline_name)
+    stages = pipeline.narrowed(until=until, only=only)
+    cluster.check_providers()
+    record, progress = _open_run(cluster, "up", inventory_path)
+    engine = Engine(cluster.inv, cluster.paths, record, progress, cluster.hooks(progress))
+    started = time.time()
+    outcomes: list[StageOutcome] = []
+    error = ""
+    try:
+        outcomes = engine.run(stages, nodes)
+    except ProvisionError as exc:
+        error = str(exc)
+    except KeyboardInterrupt:
+        error = "interrupted; run `provision up` again to resume"
+    finally:
+        status = "failed" if error else "ok"
+        record.finish(status, error or None)
+        progress.close()
+    return RunSummary(
+        command="up", cluster=cluster.inv.name, status=status,
+        record_dir=str(record.directory), report_html=str(record.report_html),
+        stages=[{"name": o.stage, "status": o.status, "converged": o.converged,
+                 "skipped": o.skipped} for o in outcomes],
+        error=error, duration=round(time.time() - started, 3),
+    )
+
+
+def verify(inventory_path: Path, only: str | None = None,
+           nodes: Sequence[str] = ()) -> RunSummary:
+    cluster = Cluster(inventory_path)
+    pipeline = load_pipeline()
+    stages = pipeline.narrowed(only=only)
+    record, progress = _open_run(cluster, "verify", inventory_path)
+    engine = Engine(cluster.inv, cluster.paths, record, progress, cluster.hooks(progress))
+    started = time.time()
+    try:
+        ok = engine.verify_only(stages, nodes)
+        error = "" if ok else "some checks failed; see the report"
+    except ProvisionError as exc:
+        ok, error = False, str(exc)
+    finally:
+        record.finish("ok" if not error else "failed", error or None)
+        progress.close()
+    return RunSummary(command="verify", cluster=cluster.inv.name,
+                      status="ok" if ok else "failed", record_dir=str(record.directory),
+                      report_html=str(record.report_html), error=error,
+                      duration=round(time.time() - started, 3))
+
+
+@dataclass
+class PlanAction:
+    action: str  # create-machine | start-machine | converge | nothing
+    node: str
+    stage: str
+    reason: str
+
+
+def plan(inventory_path: Path, pipeline_name: str = "cluster") -> list[PlanAction]:
+    """What ``up`` would do now, from what the providers and the nodes report."""
+    from provision.observe import gather_stage_markers
+
+    cluster = Cluster(inventory_path)
+    cluster.check_providers()
+    pipeline = load_pipeline(pipeline_name)
+    actions: list[PlanAction] = []
+    states: dict[str, str] = {}
+    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
+        observed = cluster.provider(name).observe(cluster.inv, group)
+        states.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
+    reachable = [n.name for n in cluster.inv.nodes if states.get(n.name) == "running"]
+    facts = gather_stage_markers(cluster.paths, reachable, MARKER_DIR) if reachable else {}
+    engine = Engine(cluster.inv, cluster.paths, _NullRecord(), _NullProgress(),
+                    cluster.hooks(_NullProgress()))
+    gvars = _plan_vars(cluster, engine)
+    for node in cluster.inv.nodes:
+        state = states.get(node.name, "missing")
+        if state == "missing":
+            actions.append(PlanAction("create-machine", node.name, "machines",
+                                      "no machine exists for this node"))
+        elif state == "stopped":
+            actions.append(PlanAction("start-machine", node.name, "machines",
+                                      "the machine exists but is stopped"))
+        node_facts = facts.get(node.name)
+        for stage in pipeline.stages:
+            if stage.provider_action or not stage.targets_node(set(node.roles)):
+                continue
+            stored = node_facts.stage_hashes.get(stage.name) if node_facts else None
+            wanted = engine.stage_hash(stage, node, gvars)
+            if stored is None:
+                reason = "never converged on this node"
+            elif stored != wanted:
+                reason = "inputs changed since the last converge (roles, variables or artifacts)"
+            else:
+                continue
+            actions.append(PlanAction("converge", node.name, stage.name, reason))
+    if not actions:
+        actions.append(PlanAction("nothing", "-", "-", "every node is converged; "
+                                  "`provision verify` re-checks them"))
+    return actions
+
+
+def _plan_vars(cluster: Cluster, engine: Engine) -> dict[str, Any]:
+    # Plan must not start services: it assumes they would be where `up` puts them.
+    from provision import clustervars
+
+    services: dict[str, str] = {}
+    for name in cluster.nodes_by_provider(cluster.inv.nodes):
+        addresses = getattr(cluster.provider(name), "artifact_addresses", None)
+        if addresses and cluster.inv.artifacts.source == "offline":
+            services.update(addresses(cluster.inv))
+    services.setdefault("pki_dir", str(cluster.paths.pki_dir))
+    return clustervars.global_vars(cluster.inv, services)
+
+
+def status(inventory_path: Path) -> dict[str, Any]:
+    cluster = Cluster(inventory_path)
+    machines: dict[str, str] = {}
+    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
+        observed = cluster.provider(name).observe(cluster.inv, group)
+        machines.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
+    last = latest_report(cluster.paths)
+    return {
+        "cluster": cluster.inv.name,
+        "state_dir": str(cluster.paths.root),
+        "nodes": [{"name": n.name, "roles": sorted(n.roles), "provider": n.provider,
+                   "address": str(n.address), "machine": machines.get(n.name, "missing")}
+                  for n in cluster.inv.nodes],
+        "last_run": last,
+    }
+
+
+def latest_report(paths: ClusterPaths) -> dict[str, Any] | None:
+    if not paths.runs_dir.is_dir():
+        return None
+    for run in sorted(paths.runs_dir.iterdir(), reverse=True):
+        report = run / "report.json"
+        if report.is_file():
+            data = json.loads(report.read_text())
+            return {"run": run.name, "command": data.get("command"),
+                    "status": data.get("status"), "error": data.get("error"),
+                    "report": str(run / "report.html")}
+    return None
+
+
+def destroy(inventory_path: Path) -> dict[str, Any]:
+    cluster = Cluster(inventory_path)
+    names = [n.name for n in cluster.inv.nodes]
+    ssh.close_masters(cluster.paths, names)
+    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
+        cluster.provider(name).destroy(cluster.inv, group)
+    return {"cluster": cluster.inv.name, "destroyed": names}
+
+
+def ssh_argv(inventory_path: Path, node: str, command: Sequence[str]) -> list[str]:
+    cluster = Cluster(inventory_path)
+    cluster.inv.node(node)  # raises BadInput for an unknown node
+    if not cluster.paths.ssh_config.exists():
+        raise BadInput(f"no SSH configuration for cluster {cluster.inv.name!r} yet: "
+                       "run `provision up --until machines` first")
+    return ssh.ssh_command(cluster.paths, node, *command)
+
+
+class _NullRecord:
+    junit_dir = Path("/nonexistent")
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+class _NullProgress(_NullRecord):
+    pass
+
+
+__all__ = ["Pipeline", "RunSummary", "destroy", "plan", "status", "up", "verify"]
