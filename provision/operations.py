@@ -25,7 +25,6 @@ from provision.report import RunRecord, make_progress
 from provision.report.progress import Tee
 
 
-
 @dataclass
 class RunSummary:
     command: str
