@@ -50,7 +50,7 @@ class Cluster:
 
     def provider(self, name: str) -> Any:
         if name not in self._providers:
-            self._providers[name] = get_provider(name, self.paths)
+            self._providers[name] = get_provider(name)
         return self._providers[name]
 
     def nodes_by_provider(self, nodes: Sequence[Any]) -> dict[str, list[Any]]:
@@ -71,7 +71,9 @@ class Cluster:
     def hooks(self, progress: Any) -> Hooks:
         def ensure_machines(nodes: list[Any]) -> None:
             for name, group in self.nodes_by_provider(nodes).items():
-                self.provider(name).ensure(self.inv, group, progress)
+                self.provider(name).ensure(
+                    self.inv, group,
+                    lambda node, msg: progress.node_state("machines", node, "running", msg))
 
         def endpoints() -> dict[str, ssh.SSHEndpoint]:
             return {n.name: self.provider(n.provider).ssh_endpoint(self.inv, n)

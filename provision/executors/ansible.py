@@ -120,6 +120,7 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
     if serial:
         play["serial"] = serial
     out = ansible_dir(paths) / f"{stage}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump([play], sort_keys=False))
     return out
 

@@ -1,0 +1,77 @@
+import stat
+
+import yaml
+
+from provision.executors import ansible, ssh
+from provision.paths import ClusterPaths
+from provision.verify import parse_junit
+
+
+def test_keypair_is_private_and_stable(tmp_path):
+    paths = ClusterPaths(tmp_path / "c")
+    key = ssh.ensure_cluster_keypair(paths)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    first = key.read_bytes()
+    ssh.ensure_cluster_keypair(paths)
+    assert key.read_bytes() == first
+    assert paths.ssh_public_key.read_text().startswith("ssh-ed25519 ")
+
+
+def test_ssh_config_is_strict_and_shared(tmp_path):
+    paths = ClusterPaths(tmp_path / "c")
+    cfg = ssh.write_ssh_config(paths, "root", {
+        "cp-1": ssh.SSHEndpoint("10.250.0.11", proxy_command="px %h %p"),
+        "w-1": ssh.SSHEndpoint("192.168.1.5", port=2222),
+    })
+    text = cfg.read_text()
+    assert "StrictHostKeyChecking yes" in text
+    assert "StrictHostKeyChecking no" not in text
+    assert f"UserKnownHostsFile {paths.known_hosts}" in text
+    assert "Host cp-1\n  HostName 10.250.0.11" in text
+    assert "ProxyCommand px %h %p" in text
+    assert text.count("ProxyCommand") == 1
+    assert "Port 2222" in text
+    # control sockets must fit the unix socket path limit whatever the state dir is
+    assert len(ssh.control_path(paths).replace("%C", "x" * 40)) < 100
+
+
+def test_stage_playbook_writes_marker_only_after_roles(tmp_path):
+    paths = ClusterPaths(tmp_path / "c")
+    pb = ansible.write_stage_playbook(paths, "os", ["os_baseline"], ["a", "b"], 1,
+                                      {"a": "h1", "b": "h2"}, marker_dir="/m")
+    play = yaml.safe_load(pb.read_text())[0]
+    assert play["hosts"] == "a,b"
+    assert play["serial"] == 1
+    assert play["roles"] == ["os_baseline"]
+    assert play["post_tasks"][0]["ansible.builtin.copy"]["dest"] == "/m/os"
+    assert play["vars"]["provision_stage_hashes"] == {"a": "h1", "b": "h2"}
+
+
+def test_inventory_groups(tmp_path):
+    paths = ClusterPaths(tmp_path / "c")
+    inv = ansible.write_inventory(paths, {"a": {"node_address": "10.0.0.1"}},
+                                  {"workers": ["a"]}, {"provision_cluster_name": "x"})
+    data = yaml.safe_load(inv.read_text())
+    assert data["all"]["children"]["workers"]["hosts"] == {"a": {}}
+    assert data["all"]["vars"]["provision_cluster_name"] == "x"
+
+
+def test_parse_junit_maps_checks_to_nodes(tmp_path):
+    junit = tmp_path / "j.xml"
+    junit.write_text(
+        '<testsuites><testsuite>'
+        '<testcase classname="os" name="test_swap_off[ssh://cp-1]" time="0.5"/>'
+        '<testcase classname="os" name="test_swap_off[ssh://cp-10]" time="0.2">'
+        '<failure message="swap is on">trace</failure></testcase>'
+        '<testcase classname="os" name="test_ntp[ssh://cp-1]" time="0.1">'
+        '<skipped message="no ntp"/></testcase>'
+        '</testsuite></testsuites>'
+    )
+    result = parse_junit(junit, ["cp-1", "cp-10"])
+    by = {(c.node, c.name): c for c in result.checks}
+    assert by[("cp-1", "test_swap_off")].outcome == "passed"
+    assert by[("cp-10", "test_swap_off")].outcome == "failed"
+    assert by[("cp-10", "test_swap_off")].message == "swap is on"
+    assert by[("cp-1", "test_ntp")].outcome == "skipped"
+    assert result.failed_nodes() == {"cp-10"}
+    assert result.passed_nodes(["cp-1", "cp-10"]) == {"cp-1"}
