@@ -36,16 +36,10 @@ MARKER_DIR = "/var/lib/provision/stages"
 
 
 class Record(Protocol):
-    """What the engine tells the run record (provision.report.RunRecord)."""
+    """The run's files (provision.report.RunRecord): log, events, per-stage logs, JUnit."""
 
     def log_line(self, text: str) -> None: ...
     def event(self, event: dict[str, Any]) -> None: ...
-    def stage_started(self, stage: str, nodes: list[str]) -> None: ...
-    def node_result(self, stage: str, node: str, status: str, started: float,
-                    finished: float, detail: str = "", task: str | None = None) -> None: ...
-    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
-                     duration: float, message: str = "") -> None: ...
-    def stage_finished(self, stage: str, status: str) -> None: ...
     def stage_log(self, stage: str) -> Path: ...
 
     @property
@@ -53,7 +47,13 @@ class Record(Protocol):
 
 
 class Progress(Protocol):
+    """Results and live state (provision.report.Tee feeds the record and the view)."""
+
     def stage_started(self, stage: str, nodes: list[str]) -> None: ...
+    def node_result(self, stage: str, node: str, status: str, started: float,
+                    finished: float, detail: str = "", task: str | None = None) -> None: ...
+    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
+                     duration: float, message: str = "") -> None: ...
     def node_state(self, stage: str, node: str, state: str, task: str | None = None) -> None: ...
     def stage_finished(self, stage: str, status: str) -> None: ...
     def message(self, text: str) -> None: ...
@@ -115,9 +115,7 @@ class Engine:
     def run_stage(self, stage: Stage, nodes: list[Any]) -> StageOutcome:
         names = [n.name for n in nodes]
         outcome = StageOutcome(stage.name)
-        self.record.stage_started(stage.name, names)
         self.progress.stage_started(stage.name, names)
-        self.record.log_line(f"[{stage.name}] start on {', '.join(names) or 'no nodes'}")
         try:
             if not nodes:
                 outcome.status = "skipped"
@@ -127,12 +125,10 @@ class Engine:
                 self._converge_roles(stage, nodes, outcome)
         except StageFailed:
             outcome.status = "failed"
-            self.record.stage_finished(stage.name, "failed")
             self.progress.stage_finished(stage.name, "failed")
             raise
         if outcome.status != "skipped":
             outcome.status = "changed" if outcome.converged else "skipped"
-        self.record.stage_finished(stage.name, outcome.status)
         self.progress.stage_finished(stage.name, outcome.status)
         self.record.log_line(f"[{stage.name}] {outcome.status}: converged "
                              f"{outcome.converged or '-'} skipped {outcome.skipped or '-'}")
@@ -148,19 +144,17 @@ class Engine:
             if stage.run_once:
                 nodes = nodes[:1]
             names = [n.name for n in nodes]
-            self.record.stage_started(stage.name, names)
             self.progress.stage_started(stage.name, names)
             started = time.time()
             result = self._verify(stage, names, suffix="verify")
             failed = result.failed_nodes() | (set(names) if result.error else set())
             for name in names:
                 status = "failed" if name in failed else "ok"
-                self.record.node_result(stage.name, name, status, started, time.time(),
+                self.progress.node_result(stage.name, name, status, started, time.time(),
                                         detail=result.error if result.error else "")
                 self.progress.node_state(stage.name, name, status)
             status = "failed" if failed else "ok"
             all_ok &= not failed
-            self.record.stage_finished(stage.name, status)
             self.progress.stage_finished(stage.name, status)
         return all_ok
 
@@ -181,7 +175,7 @@ class Engine:
         result = self._verify(stage, [n.name for n in nodes])
         self._gate(stage, [n.name for n in nodes], result, started)
         for node in nodes:
-            self.record.node_result(stage.name, node.name, "ok", started, time.time())
+            self.progress.node_result(stage.name, node.name, "ok", started, time.time())
             self.progress.node_state(stage.name, node.name, "ok")
         outcome.converged = [n.name for n in nodes]
 
@@ -209,7 +203,7 @@ class Engine:
             for name in candidates:
                 if name in passed:
                     outcome.skipped.append(name)
-                    self.record.node_result(stage.name, name, "skipped", started, time.time(),
+                    self.progress.node_result(stage.name, name, "skipped", started, time.time(),
                                             detail="inputs unchanged and checks pass")
                     self.progress.node_state(stage.name, name, "skipped")
 
@@ -247,7 +241,7 @@ class Engine:
                 task = host.task if host else None
                 what = f"task {task!r}: {host.message}" if host and task else \
                     f"ansible-playbook exit {result.rc} (no result for this node)"
-                self.record.node_result(stage.name, name, "failed", first_seen.get(name, started),
+                self.progress.node_result(stage.name, name, "failed", first_seen.get(name, started),
                                         last_seen.get(name, time.time()), detail=what, task=task)
                 self.progress.node_state(stage.name, name, "failed", task)
                 raise StageFailed(stage.name, name, what, str(log))
@@ -256,7 +250,7 @@ class Engine:
         for name in todo:
             host = result.hosts.get(name)
             status = "changed" if host and host.status == "changed" else "ok"
-            self.record.node_result(stage.name, name, status, first_seen.get(name, started),
+            self.progress.node_result(stage.name, name, status, first_seen.get(name, started),
                                     last_seen.get(name, time.time()))
             self.progress.node_state(stage.name, name, status)
         outcome.converged = todo
@@ -315,7 +309,7 @@ class Engine:
         result = run_checks(self.paths, stage.verify, names, context, junit,
                             checks_dir=self.checks_dir)
         for check in result.checks:
-            self.record.check_result(stage.name, check.node, check.name, check.outcome,
+            self.progress.check_result(stage.name, check.node, check.name, check.outcome,
                                      check.duration, check.message)
         return result
 
@@ -331,6 +325,6 @@ class Engine:
 
     def _fail(self, stage: Stage, node: str, what: str, started: float,
               log: Path | None = None) -> None:
-        self.record.node_result(stage.name, node, "failed", started, time.time(), detail=what)
+        self.progress.node_result(stage.name, node, "failed", started, time.time(), detail=what)
         self.progress.node_state(stage.name, node, "failed")
         raise StageFailed(stage.name, node, what, str(log or self.record.stage_log(stage.name)))

@@ -122,7 +122,7 @@ def up(inventory_path: Path, until: str | None = None, only: str | None = None,
         progress.close()
     return RunSummary(
         command="up", cluster=cluster.inv.name, status=status,
-        record_dir=str(record.directory), report_html=str(record.report_html),
+        record_dir=str(record.dir), report_html=str(record.report_html),
         stages=[{"name": o.stage, "status": o.status, "converged": o.converged,
                  "skipped": o.skipped} for o in outcomes],
         error=error, duration=round(time.time() - started, 3),
@@ -146,7 +146,7 @@ def verify(inventory_path: Path, only: str | None = None,
         record.finish("ok" if not error else "failed", error or None)
         progress.close()
     return RunSummary(command="verify", cluster=cluster.inv.name,
-                      status="ok" if ok else "failed", record_dir=str(record.directory),
+                      status="ok" if ok else "failed", record_dir=str(record.dir),
                       report_html=str(record.report_html), error=error,
                       duration=round(time.time() - started, 3))
 
