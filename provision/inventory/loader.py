@@ -1,0 +1,152 @@
+"""load_inventory: file -> validated, expanded `Inventory`, or every problem at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from provision.inventory.checks import Sections, semantic_problems
+from provision.inventory.model import (
+    ClusterSpec,
+    ControlPlaneSpec,
+    EtcdSpec,
+    Inventory,
+    KubernetesSpec,
+    NetworkSpec,
+    NodeSpec,
+    PoolSpec,
+    ProvidersSpec,
+    expand_nodes,
+)
+from provision.inventory.problems import DOCUMENT, InventoryInvalid, Problem
+from provision.inventory.schema_errors import problem_from_error
+from provision.inventory.yamlsource import Document, Loc, YAMLSyntaxError, parse_yaml
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read, validate and expand an inventory file.
+
+    Raises InventoryInvalid (a BadInput) listing every error and warning when there is
+    at least one error. Warnings alone are kept on `Inventory.warnings`.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InventoryInvalid(
+            [
+                Problem(
+                    file,
+                    1,
+                    1,
+                    DOCUMENT,
+                    f"cannot read the inventory: {reason}",
+                    "check the -i/--inventory path",
+                )
+            ]
+        ) from None
+    return parse_inventory(text, file, source_path=Path(path))
+
+
+def parse_inventory(
+    text: str, file: str = "<inventory>", source_path: Path | None = None
+) -> Inventory:
+    """Like load_inventory, for inventory text already in memory."""
+    spec, problems = check_inventory(text, file)
+    if spec is None or any(p.severity == "error" for p in problems):
+        raise InventoryInvalid(problems)
+    return Inventory(
+        spec=spec,
+        nodes=expand_nodes(spec),
+        source_path=source_path.resolve() if source_path else None,
+        warnings=problems,
+    )
+
+
+def check_inventory(
+    text: str, file: str = "<inventory>"
+) -> tuple[ClusterSpec | None, list[Problem]]:
+    """All problems of an inventory, sorted by position; the spec when the schema passed."""
+    try:
+        doc = parse_yaml(text, file)
+    except YAMLSyntaxError as e:
+        return None, [e.problem]
+    if doc.data is None:
+        return None, [
+            Problem(
+                file,
+                1,
+                1,
+                DOCUMENT,
+                "the inventory is empty",
+                "start from inventories/local.yaml",
+            )
+        ]
+    if not isinstance(doc.data, dict):
+        line, col = doc.positions.value(())
+        return None, [
+            Problem(
+                file,
+                line,
+                col,
+                DOCUMENT,
+                "the inventory must be a mapping of fields (apiVersion, kind, name, ...)",
+                "start from inventories/local.yaml",
+            )
+        ]
+    spec: ClusterSpec | None = None
+    problems: list[Problem] = []
+    try:
+        spec = ClusterSpec.model_validate(doc.data)
+        sections = Sections(
+            kubernetes=spec.kubernetes,
+            control_plane=spec.control_plane,
+            etcd=spec.etcd,
+            network=spec.network,
+            providers=spec.providers,
+            nodes=list(enumerate(spec.nodes)),
+            pools=list(enumerate(spec.pools)),
+        )
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        problems = [problem_from_error(err, ClusterSpec, doc.positions, file) for err in errors]
+        sections = _valid_sections(doc, [tuple(err["loc"]) for err in errors])
+    problems += semantic_problems(sections, doc.positions, file)
+    problems.sort(key=lambda p: (p.line, p.column))
+    return spec, problems
+
+
+def _valid_sections(doc: Document, bad: list[Loc]) -> Sections:
+    """Re-validate, one by one, the sections and list items the errors did not touch."""
+    data: dict[str, Any] = doc.data
+
+    def ok(loc: Loc) -> bool:
+        return not any(b[: len(loc)] == loc for b in bad)
+
+    def section(key: str, model: type[BaseModel], required: bool) -> Any:
+        if not ok((key,)) or (required and key not in data):
+            return None
+        return model.model_validate(data.get(key) or {})
+
+    def items(key: str, model: type[BaseModel]) -> tuple[list[tuple[int, Any]], bool]:
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            return [], False
+        good = [(i, model.model_validate(v)) for i, v in enumerate(value) if ok((key, i))]
+        return good, len(good) == len(value)
+
+    nodes, nodes_complete = items("nodes", NodeSpec)
+    pools, pools_complete = items("pools", PoolSpec)
+    return Sections(
+        kubernetes=section("kubernetes", KubernetesSpec, True),
+        control_plane=section("controlPlane", ControlPlaneSpec, True),
+        etcd=section("etcd", EtcdSpec, False),
+        network=section("network", NetworkSpec, True),
+        providers=section("providers", ProvidersSpec, False),
+        nodes=nodes,
+        pools=pools,
+        complete=nodes_complete and pools_complete,
+    )

@@ -1,0 +1,128 @@
+"""YAML loading that remembers where every key and value came from."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from provision.inventory.problems import DOCUMENT, Problem
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Positions:
+    """1-based (line, column) of every value, and of every mapping key, by document path."""
+
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def value(self, loc: Sequence[str | int]) -> tuple[int, int]:
+        """Where the value at loc starts; for a path that does not exist, its nearest parent."""
+        path = tuple(loc)
+        while path:
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (1, 1))
+
+    def key(self, loc: Sequence[str | int]) -> tuple[int, int]:
+        """Where the key of loc is written (the list item for an index); else as value()."""
+        path = tuple(loc)
+        if path in self.keys:
+            return self.keys[path]
+        return self.value(path)
+
+    def has(self, loc: Sequence[str | int]) -> bool:
+        return tuple(loc) in self.values
+
+
+@dataclass
+class Document:
+    data: Any  # plain dicts, lists and scalars
+    positions: Positions
+
+
+def _plain(node: Any, loc: Loc, pos: Positions) -> Any:
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for k, v in node.items():
+            key = k if isinstance(k, str) else str(k)
+            child = (*loc, key)
+            kl, kc = node.lc.key(k)
+            vl, vc = node.lc.value(k)
+            pos.keys[child] = (kl + 1, kc + 1)
+            pos.values[child] = (vl + 1, vc + 1)
+            out[key] = _plain(v, child, pos)
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for i, v in enumerate(node):
+            child = (*loc, i)
+            il, ic = node.lc.item(i)
+            pos.values[child] = (il + 1, ic + 1)
+            items.append(_plain(v, child, pos))
+        return items
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+class YAMLSyntaxError(Exception):
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(str(problem))
+
+
+def parse_yaml(text: str, file: str) -> Document:
+    """Parse YAML 1.2 (no yes/no booleans, no sexagesimal numbers) with positions."""
+    yaml = YAML(typ="rt")
+    try:
+        root = yaml.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        dup = re.match(r'found duplicate key "(.*?)" with value', str(e.problem or ""))
+        if dup:  # its own message: ruamel's would repeat both values, maybe a secret
+            raise YAMLSyntaxError(
+                Problem(
+                    file,
+                    line,
+                    col,
+                    DOCUMENT,
+                    f"key {dup.group(1)!r} appears twice in the same mapping",
+                    "keep one of them",
+                )
+            ) from None
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise YAMLSyntaxError(
+            Problem(
+                file,
+                line,
+                col,
+                DOCUMENT,
+                f"YAML syntax error: {what}",
+                "fix the YAML syntax here (indentation, ':' after keys, matching brackets "
+                "and quotes)",
+            )
+        ) from None
+    except YAMLError as e:  # errors without a position
+        raise YAMLSyntaxError(Problem(file, 1, 1, DOCUMENT, f"YAML error: {e}")) from None
+    pos = Positions()
+    if isinstance(root, CommentedMap | CommentedSeq):
+        pos.values[()] = (root.lc.line + 1, root.lc.col + 1)
+    else:
+        pos.values[()] = (1, 1)
+    return Document(_plain(root, (), pos), pos)
