@@ -1,0 +1,183 @@
+"""Node images for lab machines, built from a recipe in ``images/<recipe>/``.
+
+A recipe directory holds ``recipe.toml`` (suite, mirror, packages, the image names it
+answers to), ``rootfs/`` (files copied into the image as they are) and
+``customize.sh`` (run chrooted in the new rootfs). The image is cached under
+``cache_root()/images/<recipe>-<hash>/rootfs`` where the hash covers every file of the
+recipe: editing the recipe rebuilds, anything else reuses. Builds happen in a
+temporary directory renamed into place, so a crashed build never leaves a half image
+where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import BadInput, ProviderError
+from provision.lab.mounts import remove_tree
+from provision.paths import cache_root, repo_root
+
+
+def recipes_dir() -> Path:
+    return repo_root() / "images"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # directory name under images/
+    path: Path
+    suite: str
+    variant: str
+    mirror: str
+    packages: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        """Hash of every file in the recipe directory: path, mode and content."""
+        h = hashlib.sha256()
+        for f in sorted(p for p in self.path.rglob("*") if p.is_file() or p.is_symlink()):
+            rel = f.relative_to(self.path).as_posix()
+            h.update(rel.encode() + b"\0")
+            if f.is_symlink():
+                h.update(b"link:" + os.readlink(f).encode())
+            else:
+                h.update(oct(f.stat().st_mode & 0o7777).encode() + b"\0")
+                h.update(f.read_bytes())
+            h.update(b"\0")
+        return h.hexdigest()[:16]
+
+    @property
+    def cache_dir(self) -> Path:
+        return cache_root() / "images" / f"{self.name}-{self.digest}"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.cache_dir / "rootfs"
+
+    def is_built(self) -> bool:
+        return (self.cache_dir / "built").is_file()
+
+
+def _load(path: Path) -> Recipe:
+    data = tomllib.loads((path / "recipe.toml").read_text())
+    return Recipe(
+        name=path.name,
+        path=path,
+        suite=data.get("suite", "bookworm"),
+        variant=data.get("variant", "minbase"),
+        mirror=data.get("mirror", "http://deb.debian.org/debian"),
+        packages=tuple(data.get("packages", ())),
+        names=tuple(data.get("names", ())) + (path.name,),
+    )
+
+
+def available() -> dict[str, Recipe]:
+    """Every image name the recipes answer to (``debian-12`` -> images/node)."""
+    out: dict[str, Recipe] = {}
+    root = recipes_dir()
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        if (d / "recipe.toml").is_file():
+            r = _load(d)
+            for n in r.names:
+                out.setdefault(n, r)
+    return out
+
+
+def find_recipe(image: str) -> Recipe:
+    recipes = available()
+    if image not in recipes:
+        known = ", ".join(sorted(recipes)) or "none"
+        raise BadInput(
+            f"no image recipe named {image!r} under {recipes_dir()} (known: {known})"
+        )
+    return recipes[image]
+
+
+def ensure_image(image: str, log: Callable[[str], None] | None = None) -> Path:
+    """Return the rootfs of ``image``, building it first when the recipe changed."""
+    recipe = find_recipe(image)
+    if recipe.is_built():
+        return recipe.rootfs
+    images = cache_root() / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    with open(images / f".{recipe.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others reuse
+        if recipe.is_built():
+            return recipe.rootfs
+        build(recipe, log)
+    return recipe.rootfs
+
+
+def build(recipe: Recipe, log: Callable[[str], None] | None = None) -> None:
+    say = log or (lambda _m: None)
+    debootstrap = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
+    )
+    if debootstrap is None:
+        raise ProviderError(
+            "building the node image needs debootstrap, which is not installed: "
+            "apt-get install debootstrap"
+        )
+    if os.geteuid() != 0:
+        raise ProviderError("building the node image needs root (debootstrap, chroot)")
+    final = recipe.cache_dir
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    logfile = tmp / "build.log"
+    started = time.monotonic()
+    try:
+        rootfs = tmp / "rootfs"
+        say(f"building image {recipe.name}-{recipe.digest} (debootstrap {recipe.suite})")
+        cmd = [
+            "nice", "-n", "10", debootstrap, f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}", recipe.suite, str(rootfs),
+            recipe.mirror,
+        ]
+        _run(cmd, logfile)
+        overlay = recipe.path / "rootfs"
+        if overlay.is_dir():
+            shutil.copytree(overlay, rootfs, symlinks=True, dirs_exist_ok=True)
+        customize = recipe.path / "customize.sh"
+        if customize.is_file():
+            shutil.copy2(customize, rootfs / "customize.sh")
+            try:
+                _run(["chroot", str(rootfs), "/bin/sh", "/customize.sh"], logfile)
+            finally:
+                (rootfs / "customize.sh").unlink(missing_ok=True)
+        (tmp / "recipe.digest").write_text(recipe.digest + "\n")
+        (tmp / "built").write_text(f"{time.monotonic() - started:.1f}\n")
+        remove_tree(final)  # a stale, unfinished image under the final name
+        os.rename(tmp, final)
+        say(f"image ready: {final / 'rootfs'}")
+    except BaseException:
+        saved = final.with_name(f"{final.name}.failed.log")
+        if logfile.exists():
+            shutil.copyfile(logfile, saved)
+        remove_tree(tmp)
+        raise
+
+
+def _run(cmd: list[str], logfile: Path) -> None:
+    with open(logfile, "ab") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = logfile.read_text(errors="replace").splitlines()[-15:]
+        raise ProviderError(
+            f"image build step failed ({cmd[0] if cmd[0] != 'nice' else cmd[3]}, "
+            f"exit {proc.returncode}):\n  " + "\n  ".join(tail)
+        )

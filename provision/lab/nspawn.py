@@ -1,0 +1,172 @@
+"""Running one lab machine: systemd-nspawn booting a directory, detached from us.
+
+The host's PID 1 is not systemd, so there is no machined and no scope unit: nspawn runs
+with --register=no --keep-unit in cgroup sub-groups we created, as a detached process
+whose pid we keep in a pidfile. See docs/lab-machines.md for why each flag is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
+
+# The wrapper joins the cgroups first (its children inherit them), then starts nspawn in
+# the background and records its pid, so nspawn is never our child (no zombie to reap)
+# and keeps running after provision exits.
+_WRAPPER = r"""
+while [ "$1" != -- ]; do echo $$ > "$1" || exit 97; shift; done; shift
+pidfile=$1; log=$2; shift 2
+"$@" </dev/null >>"$log" 2>&1 &
+echo $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
+"""
+
+
+@dataclass
+class MachineSpec:
+    name: str  # machine name (-M): the node's namespace name, unique on the box
+    root: Path  # the booted directory (the node's overlay mount)
+    netns: str
+    hostname: str
+    pidfile: Path
+    console_log: Path
+    cgroup_procs: list[Path] = field(default_factory=list)
+    binds: list[tuple[Path, str]] = field(default_factory=list)  # (host dir, node path)
+
+
+def command(spec: MachineSpec) -> list[str]:
+    cmd = [
+        shutil.which("systemd-nspawn") or "systemd-nspawn",
+        "--quiet",
+        f"--directory={spec.root}",
+        f"--machine={spec.name}",
+        f"--hostname={spec.hostname}",
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        f"--network-namespace-path=/run/netns/{spec.netns}",
+        "--capability=all",
+        "--system-call-filter=keyctl add_key request_key",
+        "--bind=/dev/kmsg",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--link-journal=no",
+        "--console=read-only",
+    ]
+    cmd += [f"--bind={host}:{inside}" for host, inside in spec.binds]
+    return cmd
+
+
+def launch(spec: MachineSpec, timeout: float = 10) -> int:
+    """Start the machine detached; returns nspawn's pid."""
+    spec.pidfile.unlink(missing_ok=True)
+    spec.console_log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1", SYSTEMD_LOG_COLOR="0")
+    argv = ["sh", "-c", _WRAPPER, "sh", *map(str, spec.cgroup_procs), "--",
+            str(spec.pidfile), str(spec.console_log), *command(spec)]
+    proc = subprocess.run(argv, env=env, start_new_session=True, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    if proc.returncode != 0:
+        raise OSError(f"could not start machine {spec.name} (exit {proc.returncode}): "
+                      f"{proc.stderr.strip()}")
+    pid = read_pid(spec.pidfile, spec.name)
+    if pid is None:
+        raise OSError(f"machine {spec.name} exited at once; see {spec.console_log}")
+    return pid
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_machine(pid: int, name: str) -> bool:
+    """Is ``pid`` a live systemd-nspawn running machine ``name``?"""
+    argv = _cmdline(pid)
+    return (bool(argv) and os.path.basename(argv[0]) == "systemd-nspawn"
+            and f"--machine={name}" in argv and not _is_zombie(pid))
+
+
+def read_pid(pidfile: Path, name: str) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_machine(pid, name) else None
+
+
+def find_machines(prefix: str = "") -> dict[str, int]:
+    """Every running nspawn machine on the box whose name starts with ``prefix``."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _cmdline(int(entry))
+        if not argv or os.path.basename(argv[0]) != "systemd-nspawn" or _is_zombie(int(entry)):
+            continue
+        for a in argv:
+            for opt in ("--machine=", "-M"):
+                if a.startswith(opt) and a[len(opt):].startswith(prefix) and a[len(opt):]:
+                    out[a[len(opt):]] = int(entry)
+        for i, a in enumerate(argv[:-1]):
+            if a in ("-M", "--machine") and argv[i + 1].startswith(prefix):
+                out[argv[i + 1]] = int(entry)
+    return out
+
+
+def leader(pid: int) -> int | None:
+    """The machine's PID 1 (nspawn's child), for nsenter."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def terminate(pid: int, name: str, timeout: float = 30) -> bool:
+    """SIGTERM (nspawn asks the node's systemd to power off), then SIGKILL.
+    Returns True when the node shut down cleanly within ``timeout``."""
+    if not is_machine(pid, name):
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    if _wait_gone(pid, name, timeout):
+        return True
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    _wait_gone(pid, name, 10)
+    return False
+
+
+def _wait_gone(pid: int, name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_machine(pid, name):
+            return True
+        time.sleep(0.1)
+    return not is_machine(pid, name)
+
+
+def remove_propagate_dir(name: str) -> None:
+    shutil.rmtree(PROPAGATE_DIR / name, ignore_errors=True)
