@@ -1,0 +1,2 @@
+def test_after_file(host):
+    assert host.file("/etc/provision-demo-after").exists
