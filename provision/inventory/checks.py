@@ -84,7 +84,7 @@ class Checker:
         self.s = sections
         self.pos = positions
         self.file = file
-        self.problems: list[Problem] = []
+        self.problems: list[tuple[Problem, Loc]] = []
         self._said: set[tuple[Loc, str]] = set()
 
     def add(
@@ -104,7 +104,7 @@ class Checker:
             self._said.add((loc, once))
         line, col = self.pos.key(loc) if at_key else self.pos.value(loc)
         self.problems.append(
-            Problem(self.file, line, col, format_path(loc), message, hint, severity)
+            (Problem(self.file, line, col, format_path(loc), message, hint, severity), loc)
         )
 
     def default_note(self, loc: Loc) -> str:
@@ -146,7 +146,7 @@ class Checker:
                 )
         return out
 
-    def run(self) -> list[Problem]:
+    def run(self) -> list[tuple[Problem, Loc]]:
         nodes = self.placed()
         self.kubernetes()
         self.network()
@@ -201,17 +201,17 @@ class Checker:
         n = self.s.network
         if n is None or not self.pos.has(("network", "gateway")) or n.gateway is None:
             return  # the default gateway is the subnet's first host: always fine
-        self._in_subnet(("network", "gateway"), "gateway", int(ipaddress.IPv4Address(n.gateway)))
+        gw = ipaddress.IPv4Address(n.gateway)
+        self._in_subnet(("network", "gateway"), f"gateway {gw}", int(gw))
 
-    def _in_subnet(self, loc: Loc, what: str, addr: int, *, once: str | None = None) -> bool:
+    def _in_subnet(self, loc: Loc, subject: str, addr: int, *, once: str | None = None) -> bool:
         """Errors for an address outside the subnet or on its network/broadcast address."""
         assert self.s.network is not None
         subnet = self.s.network.ip_network
-        shown = ipaddress.IPv4Address(addr) if addr < 2**32 else "an address past 255.255.255.255"
         if not (int(subnet.network_address) <= addr <= int(subnet.broadcast_address)):
             self.add(
                 loc,
-                f"{what} {shown} is outside the node subnet {subnet}",
+                f"{subject} is outside the node subnet {subnet}",
                 f"use an address in {subnet}, or change network.subnet",
                 once=once and once + "/outside",
             )
@@ -223,7 +223,7 @@ class Checker:
         if addr in special:
             self.add(
                 loc,
-                f"{what} {shown} is {special[addr]} of {subnet}",
+                f"{subject} is {special[addr]} of {subnet}",
                 f"use a host address of {subnet}",
                 once=once and once + "/special",
             )
@@ -240,7 +240,7 @@ class Checker:
             return
         loc: Loc = ("controlPlane", "virtualIP")
         vip = int(ipaddress.IPv4Address(cp.virtual_ip))
-        if not self._in_subnet(loc, "virtual IP", vip):
+        if not self._in_subnet(loc, f"virtual IP {cp.virtual_ip}", vip):
             return
         if vip == self._gateway():
             self.add(
@@ -332,7 +332,12 @@ class Checker:
             gateway = self._gateway()
             for node in nodes:
                 loc = node.loc("address")
-                what = f"address of {node.label}" if node.pool else "node address"
+                shown = ipaddress.IPv4Address(node.address) if node.address is not None else ""
+                what = (
+                    f"{shown}, the address pool '{node.pool.name}' gives '{node.name}',"
+                    if node.pool
+                    else f"node address {shown}"
+                )
                 once = "pool" if node.pool else None
                 if node.address is None:
                     pool = node.pool.name if node.pool else ""
@@ -348,7 +353,7 @@ class Checker:
                 if node.address == gateway:
                     self.add(
                         loc,
-                        f"{what} {ipaddress.IPv4Address(node.address)} is the gateway's address",
+                        f"{what} is the gateway's address",
                         "use another address, or set network.gateway",
                         once=once and "gateway",
                     )
@@ -425,7 +430,8 @@ class Checker:
     def _provider(self, node: Placed) -> None:
         once = "pool" if node.pool else None
         providers = self.s.providers
-        if providers is not None and node.provider not in providers.configured():
+        configured = providers is None or node.provider in providers.configured()
+        if not configured:
             self.add(
                 node.loc("provider"),
                 f"provider '{node.provider}' is not configured",
@@ -459,14 +465,18 @@ class Checker:
                 else None
             ) or Machine()
             mloc: Loc = (*node.origin, "machine" if node.pool is None else "template")
-            for key in ("cpus", "memory", "disk"):
-                if getattr(node.machine, key) is None and getattr(defaults, key) is None:
-                    self.add(
-                        (*mloc, key),
-                        f"libvirt machines need a size: '{key}' is not set",
-                        f"set {format_path(mloc)}.{key}, or providers.libvirt.defaults.{key}",
-                        once=once and f"libvirt/{key}",
-                    )
+            unset = [
+                key
+                for key in ("cpus", "memory", "disk")
+                if getattr(node.machine, key) is None and getattr(defaults, key) is None
+            ]
+            if unset and configured:
+                self.add(
+                    mloc,
+                    "a libvirt machine needs cpus, memory and disk; not set: " + ", ".join(unset),
+                    f"set them in {format_path(mloc)}, or in providers.libvirt.defaults",
+                    once=once and "libvirt",
+                )
         if node.provider == "pxe" and providers is not None and providers.pxe is not None:
             server = providers.pxe.server_address
             if server and node.address == int(ipaddress.IPv4Address(server)):
@@ -540,5 +550,8 @@ class Checker:
             )
 
 
-def semantic_problems(sections: Sections, positions: Positions, file: str) -> list[Problem]:
+def semantic_problems(
+    sections: Sections, positions: Positions, file: str
+) -> list[tuple[Problem, Loc]]:
+    """Every cross-field problem, with the document path it is about."""
     return Checker(sections, positions, file).run()

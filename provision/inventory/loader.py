@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from provision.inventory.checks import Sections, semantic_problems
 from provision.inventory.model import (
@@ -99,6 +102,7 @@ def check_inventory(
         ]
     spec: ClusterSpec | None = None
     problems: list[Problem] = []
+    pruned: list[Loc] = []
     try:
         spec = ClusterSpec.model_validate(doc.data)
         sections = Sections(
@@ -113,15 +117,80 @@ def check_inventory(
     except ValidationError as e:
         errors = e.errors(include_url=False)
         problems = [problem_from_error(err, ClusterSpec, doc.positions, file) for err in errors]
-        sections = _valid_sections(doc, [tuple(err["loc"]) for err in errors])
-    problems += semantic_problems(sections, doc.positions, file)
+        sections, pruned = _valid_sections(doc, errors)
+    for problem, loc in semantic_problems(sections, doc.positions, file):
+        # a check on a field that was left out would only repeat its error
+        if not any(_same_branch(loc, cut) for cut in pruned):
+            problems.append(problem)
     problems.sort(key=lambda p: (p.line, p.column))
     return spec, problems
 
 
-def _valid_sections(doc: Document, bad: list[Loc]) -> Sections:
-    """Re-validate, one by one, the sections and list items the errors did not touch."""
-    data: dict[str, Any] = doc.data
+# Fields no cross-field check reads: when one is wrong, it is left out and the rest of
+# its section is still checked. ("*" stands for a list index.)
+_INERT: tuple[Loc, ...] = (
+    ("kubernetes", "cni"),
+    ("kubernetes", "clusterDomain"),
+    ("controlPlane", "port"),
+    ("ssh",),
+    ("artifacts",),
+    ("providers", "local"),
+    ("providers", "static"),
+    ("providers", "libvirt", "uri"),
+    ("providers", "libvirt", "network"),
+    ("providers", "libvirt", "pool"),
+    ("providers", "libvirt", "image"),
+    ("providers", "pxe", "image"),
+    ("providers", "pxe", "bootTimeout"),
+    ("nodes", "*", "machine"),
+    ("nodes", "*", "mac"),
+    ("nodes", "*", "bmc"),
+    ("pools", "*", "template"),
+    ("pools", "*", "macs"),
+    ("pools", "*", "bmcs"),
+)
+
+
+def _matches(loc: Loc, prefix: Loc) -> bool:
+    return len(loc) >= len(prefix) and all(
+        p == "*" and isinstance(x, int) or p == x for x, p in zip(loc, prefix, strict=False)
+    )
+
+
+def _prunable(err: ErrorDetails) -> Loc | None:
+    """The path to leave out so the rest of its section can still be checked."""
+    loc: Loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return loc
+    if err["type"] == "missing":
+        return None
+    for prefix in _INERT:
+        if _matches(loc, prefix):
+            return loc[: len(prefix)]
+    return None
+
+
+def _remove(data: Any, loc: Loc) -> None:
+    for part in loc[:-1]:
+        data = data[part]
+    if isinstance(data, dict):
+        data.pop(loc[-1], None)
+
+
+def _valid_sections(doc: Document, errors: list[ErrorDetails]) -> tuple[Sections, list[Loc]]:
+    """Re-validate, one by one, what the errors did not touch: leave out wrong fields that
+    no cross-field check reads, drop sections and list items with other errors."""
+    data: dict[str, Any] = copy.deepcopy(doc.data)
+    pruned: list[Loc] = []
+    bad: list[Loc] = []
+    for err in errors:
+        cut = _prunable(err)
+        if cut is None:
+            bad.append(tuple(err["loc"]))
+        elif cut not in pruned:
+            pruned.append(cut)
+    for cut in sorted(pruned, key=len, reverse=True):
+        _remove(data, cut)
 
     def ok(loc: Loc) -> bool:
         return not any(b[: len(loc)] == loc for b in bad)
@@ -129,18 +198,25 @@ def _valid_sections(doc: Document, bad: list[Loc]) -> Sections:
     def section(key: str, model: type[BaseModel], required: bool) -> Any:
         if not ok((key,)) or (required and key not in data):
             return None
-        return model.model_validate(data.get(key) or {})
+        try:
+            return model.model_validate(data.get(key) or {})
+        except ValidationError:
+            return None
 
     def items(key: str, model: type[BaseModel]) -> tuple[list[tuple[int, Any]], bool]:
         value = data.get(key, [])
         if not isinstance(value, list):
             return [], False
-        good = [(i, model.model_validate(v)) for i, v in enumerate(value) if ok((key, i))]
+        good = []
+        for i, v in enumerate(value):
+            if ok((key, i)):
+                with contextlib.suppress(ValidationError):
+                    good.append((i, model.model_validate(v)))
         return good, len(good) == len(value)
 
     nodes, nodes_complete = items("nodes", NodeSpec)
     pools, pools_complete = items("pools", PoolSpec)
-    return Sections(
+    sections = Sections(
         kubernetes=section("kubernetes", KubernetesSpec, True),
         control_plane=section("controlPlane", ControlPlaneSpec, True),
         etcd=section("etcd", EtcdSpec, False),
@@ -150,3 +226,9 @@ def _valid_sections(doc: Document, bad: list[Loc]) -> Sections:
         pools=pools,
         complete=nodes_complete and pools_complete,
     )
+    return sections, pruned
+
+
+def _same_branch(path: Loc, other: Loc) -> bool:
+    n = min(len(path), len(other))
+    return path[:n] == other[:n]
