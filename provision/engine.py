@@ -240,7 +240,8 @@ class Engine:
             if status in ("failed", "unreachable") or host is None and result.rc:
                 task = host.task if host else None
                 what = f"task {task!r}: {host.message}" if host and task else \
-                    f"ansible-playbook exit {result.rc} (no result for this node)"
+                    f"ansible-playbook exit {result.rc} before this node got a result: " \
+                    + ansible.output_tail(result)
                 self.progress.node_result(stage.name, name, "failed", first_seen.get(name, started),
                                         last_seen.get(name, time.time()), detail=what, task=task)
                 self.progress.node_state(stage.name, name, "failed", task)

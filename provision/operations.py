@@ -20,7 +20,7 @@ from provision.executors import ssh
 from provision.inventory import load_inventory
 from provision.paths import ClusterPaths
 from provision.pipeline import Pipeline, load_pipeline
-from provision.providers import get_provider
+from provision.providers.base import get_provider
 from provision.report import RunRecord, make_progress
 from provision.report.progress import Tee
 

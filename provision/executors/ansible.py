@@ -14,6 +14,8 @@ result is summarised per host: ok, changed, failed (with the failing task).
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +160,8 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
         playbook=str(playbook),
         inventory=str(inventory),
         envvars={
+            # ansible-playbook lives beside the interpreter running provision (a venv)
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "ANSIBLE_CONFIG": str(ansible_dir(paths) / "ansible.cfg"),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
@@ -171,6 +175,13 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
     # ansible-runner keeps the full human-readable output beside its events
     stdout = Path(runner.config.artifact_dir) / "stdout"
     return PlaybookResult(rc=int(runner.rc or 0), hosts=outcomes, stdout_path=stdout)
+
+
+def output_tail(result: PlaybookResult, lines: int = 8) -> str:
+    """The end of ansible-playbook's output: the reason when no host got a result."""
+    if not result.stdout_path or not result.stdout_path.exists():
+        return ""
+    return "\n".join(result.stdout_path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def _failure_message(res: dict[str, Any]) -> str:

@@ -1,0 +1,75 @@
+"""The CLI's contract: --help everywhere, exit codes, JSON output for scripts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from provision.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+COMMANDS = ["validate", "schema", "plan", "up", "verify", "status", "destroy", "ssh"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "provision", "--version"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("provision ")
+
+
+def test_validate_good_inventory_json():
+    result = runner.invoke(app, ["validate", "-i", str(ROOT / "inventories/local.yaml"),
+                                 "--output", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["valid"] is True and data["cluster"] == "local"
+    assert len(data["nodes"]) == 5
+
+
+def test_validate_bad_inventory_exits_2_with_positions(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: provision.dev/v1alpha1\nkind: Cluster\nname: x\nnodez: []\n")
+    result = runner.invoke(app, ["validate", "-i", str(bad), "--output", "json"])
+    assert result.exit_code == 2
+    problems = json.loads(result.stdout)["problems"]
+    unknown = [p for p in problems if p["path"] == "nodez"]
+    assert unknown and unknown[0]["line"] == 4 and "did you mean" in str(unknown[0]).lower()
+
+
+@pytest.mark.parametrize("command", ["up", "plan", "verify", "status"])
+def test_bad_inventory_fails_before_touching_anything(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: provision.dev/v1alpha1\nkind: Cluster\nname: x\n")
+    result = runner.invoke(app, [command, "-i", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_missing_inventory_file_is_bad_input(tmp_path):
+    result = runner.invoke(app, ["validate", "-i", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+
+
+def test_schema_is_json_schema():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema.get("type") == "object" and "properties" in schema
+
+
+def test_destroy_refuses_without_yes_off_terminal():
+    result = runner.invoke(app, ["destroy", "-i", str(ROOT / "inventories/local.yaml")],
+                           input="")
+    assert result.exit_code == 2
