@@ -76,8 +76,9 @@ def ensure_bridge(lab: str, gateway_cidr: str) -> None:
     _ip("-n", lab, "link", "set", BRIDGE, "up")
 
 
-def ensure_node_link(lab: str, node_ns: str, veth: str, address_cidr: str, gateway: str) -> None:
-    """Node namespace with eth0 (address, default route) whose peer is on br-lab."""
+def ensure_node_link(lab: str, node_ns: str, veth: str) -> None:
+    """Node namespace holding eth0, a veth whose peer is on br-lab. The node configures
+    its address and route itself at boot (systemd-networkd), like a real server."""
     ensure(node_ns)
     if not link_exists(node_ns, "eth0"):
         if link_exists(lab, veth):  # half of an earlier attempt
@@ -85,11 +86,6 @@ def ensure_node_link(lab: str, node_ns: str, veth: str, address_cidr: str, gatew
         _ip("-n", lab, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
             "netns", node_ns)
     _ip("-n", lab, "link", "set", veth, "master", BRIDGE, "up")
-    addrs = _ip("-n", node_ns, "-o", "addr", "show", "dev", "eth0").stdout
-    if f" {address_cidr} " not in addrs:
-        _ip("-n", node_ns, "addr", "add", address_cidr, "dev", "eth0")
-    _ip("-n", node_ns, "link", "set", "eth0", "up")
-    _ip("-n", node_ns, "route", "replace", "default", "via", gateway, "dev", "eth0")
 
 
 def delete_link(netns: str, link: str) -> None:

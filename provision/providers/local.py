@@ -334,9 +334,7 @@ class LocalProvider:
         lay.containerd.mkdir(exist_ok=True)
         mounts.mount_overlay(lower, lay.upper, lay.work, lay.root)
         self._inject(inv, node, lay, paths)
-        prefix = _subnet(inv).prefixlen
-        netns.ensure_node_link(lab_netns(inv.name), lay.netns, lay.veth,
-                               f"{node.address}/{prefix}", _gateway(inv))
+        netns.ensure_node_link(lab_netns(inv.name), lay.netns, lay.veth)
         cgroups.create(lay.cgroup, cpus=_cpus(node), memory=_memory(node))
 
     def _inject(self, inv: Any, node: Any, lay: NodeLayout, paths: ClusterPaths) -> None:

@@ -1,0 +1,107 @@
+"""Find and remove what lab machines leave on the box, by cluster-name prefix.
+
+Used after a crash (the state directory may be gone, so everything is found from the
+system itself: processes, mounts, namespaces, cgroups) and by the leak check of the
+lab tests. Only names provision makes are considered: ``pv-<cluster>...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from provision.lab import cgroups, mounts, netns, nspawn
+
+
+def _nsproxy_pids(prefix: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"provision.lab.nsproxy" in argv and any(
+            a.decode(errors="replace").startswith(f"pv-{prefix}") for a in argv
+        ):
+            out.append(int(entry))
+    return out
+
+
+def _overlay_mounts(prefix: str) -> list[str]:
+    pattern = re.compile(rf"/clusters/{re.escape(prefix)}[^/]*/machines/")
+    return [m for m in mounts.mount_points() if pattern.search(m)]
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Everything still on the box for clusters whose name starts with ``prefix``."""
+    found = []
+    found += [f"process: nspawn machine {n} (pid {p})"
+              for n, p in nspawn.find_machines(f"pv-{prefix}").items()]
+    found += [f"process: nsproxy pid {p}" for p in _nsproxy_pids(prefix)]
+    found += [f"mount: {m}" for m in _overlay_mounts(prefix)]
+    found += [f"netns: {n}" for n in netns.listing() if n.startswith(f"pv-{prefix}")]
+    found += [f"cgroup: {g}" for g in cgroups.listing(f"pv-{prefix}")]
+    prop = nspawn.PROPAGATE_DIR
+    if prop.is_dir():
+        found += [f"runtime dir: {d}" for d in prop.iterdir() if d.name.startswith(f"pv-{prefix}")]
+    return found
+
+
+def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """Remove leftovers of clusters named ``prefix*``. ``keep`` is given a name without its
+    ``pv-`` (``<cluster>`` or ``<cluster>-<node>``) and spares it when it returns True
+    (clusters of a test run that is still alive). Returns what it removed."""
+    removed = []
+
+    def spared(name: str) -> bool:
+        # name is pv-<cluster> or pv-<cluster>-<node>: keep() sees everything after pv-
+        # and decides (a test run embeds its pid in its cluster names, for example).
+        return keep(name[3:])
+
+    for name, pid in nspawn.find_machines(f"pv-{prefix}").items():
+        if not spared(name):
+            nspawn.terminate(pid, name, timeout=10)
+            removed.append(f"machine {name}")
+    for pid in _nsproxy_pids(prefix):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ns = next(a.decode() for a in argv if a.decode(errors="replace").startswith("pv-"))
+            if not spared(ns):
+                os.kill(pid, signal.SIGKILL)
+                removed.append(f"nsproxy {pid}")
+        except (OSError, StopIteration):
+            pass
+    for m in _overlay_mounts(prefix):
+        cluster = re.search(r"/clusters/([^/]+)/machines/", m)
+        if cluster and keep(cluster.group(1)):
+            continue
+        mounts.umount(m)
+        removed.append(f"mount {m}")
+    time.sleep(0.1)
+    for g in {p.name for p in cgroups.listing(f"pv-{prefix}")}:
+        if not spared(g):
+            cgroups.remove(g)
+            removed.append(f"cgroup {g}")
+    for n in netns.listing():
+        if n.startswith(f"pv-{prefix}") and not spared(n):
+            for pid in netns.pids_in(n):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            netns.delete(n)
+            removed.append(f"netns {n}")
+    prop = nspawn.PROPAGATE_DIR
+    if prop.is_dir():
+        for d in prop.iterdir():
+            if d.name.startswith(f"pv-{prefix}") and not spared(d.name):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"runtime dir {d}")
+    return removed
