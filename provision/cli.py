@@ -202,6 +202,23 @@ def destroy(
         out.print(f"destroyed cluster {data['cluster']}: {', '.join(data['destroyed'])}")
 
 
+@app.command()
+def kubeconfig(
+    inventory: Inventory,
+    path: Annotated[Path | None, typer.Option("--path", help="Where to write it.")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Write an admin kubeconfig (mode 0600) that reaches the API from this box."""
+    from provision import operations
+
+    data = _run(operations.kubeconfig, inventory, path)
+    if output is Output.json:
+        _emit_json(data)
+        return
+    out.print(f"wrote {data['kubeconfig']} (API at {data['server']})")
+    out.print(f"next: KUBECONFIG={data['kubeconfig']} kubectl get nodes")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
     ctx: typer.Context,

@@ -255,6 +255,37 @@ def destroy(inventory_path: Path) -> dict[str, Any]:
     return {"cluster": cluster.inv.name, "destroyed": names}
 
 
+def kubeconfig(inventory_path: Path, output: Path | None = None) -> dict[str, Any]:
+    """Write an admin kubeconfig (0600) that works from this box.
+
+    The API is reached through the provider's path to the virtual IP (for lab
+    machines: a loopback forward into the lab namespace). ``tls-server-name`` keeps
+    certificate verification against the VIP, which every API server cert carries.
+    """
+    import yaml
+
+    from provision.paths import write_secret
+
+    cluster = Cluster(inventory_path)
+    inv = cluster.inv
+    first = inv.nodes_with_role("control-plane")[0]
+    proc = ssh.run_on_node(cluster.paths, first.name, "cat /etc/kubernetes/admin.conf")
+    if proc.returncode != 0:
+        raise ProvisionError(f"cannot read /etc/kubernetes/admin.conf on {first.name}: "
+                             f"{proc.stderr.strip() or 'is the control-plane stage done?'}")
+    config = yaml.safe_load(proc.stdout)
+    server = f"https://{inv.control_plane.virtual_ip}:{inv.control_plane.port}"
+    forward = getattr(cluster.provider(first.provider), "forward_api", None)
+    if forward:
+        server = f"https://127.0.0.1:{forward(inv)}"
+    for entry in config.get("clusters", []):
+        entry["cluster"]["server"] = server
+        entry["cluster"]["tls-server-name"] = str(inv.control_plane.virtual_ip)
+    target = output or cluster.paths.kubeconfig
+    write_secret(target, yaml.safe_dump(config, sort_keys=False))
+    return {"cluster": inv.name, "kubeconfig": str(target), "server": server}
+
+
 def ssh_argv(inventory_path: Path, node: str, command: Sequence[str]) -> list[str]:
     cluster = Cluster(inventory_path)
     cluster.inv.node(node)  # raises BadInput for an unknown node

@@ -12,7 +12,8 @@ from provision.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-COMMANDS = ["validate", "schema", "plan", "up", "verify", "status", "destroy", "ssh"]
+COMMANDS = ["validate", "schema", "plan", "up", "verify", "status", "destroy", "ssh",
+            "kubeconfig"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
