@@ -316,7 +316,7 @@ class Checker:
                     f"pool '{new.pool.name}' expands to '{new.name}', already the name of "
                     f"{old.label}",
                     "rename the pool or that node",
-                    once=f"name/{format_path(old.origin)}",
+                    once="name",
                 )
             else:
                 self.add(
@@ -368,7 +368,7 @@ class Checker:
                     f"pool '{new.pool.name}' gives '{new.name}' the address {shown}, already "
                     f"used by {old.label}",
                     "move firstAddress so the pool's range is free, or lower count",
-                    once=f"address/{format_path(old.origin)}",
+                    once="address",
                 )
             else:
                 self.add(

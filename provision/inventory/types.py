@@ -203,6 +203,11 @@ def _credential_ref(value: Any) -> str:
         if len(value) == len("file:"):
             raise invalid("the file reference names no file", "write file:/path/to/secret")
         return value
+    if value.startswith(("/", "~/", "./")):
+        raise invalid(
+            "a credential must be a reference, not a bare path",
+            f"write file:{value}",
+        )
     # Never echo the value back: it may be the secret itself.
     raise invalid(
         "a literal credential is not allowed in the inventory",

@@ -106,7 +106,10 @@ def parse_yaml(text: str, file: str) -> Document:
                     "keep one of them",
                 )
             ) from None
-        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        what = str(e.problem or e.context or "")
+        cm = e.context_mark
+        if e.context and e.problem and cm is not None:
+            what += f" ({e.context} that starts at line {cm.line + 1}, column {cm.column + 1})"
         raise YAMLSyntaxError(
             Problem(
                 file,
