@@ -1,0 +1,232 @@
+"""Assemble the artifact set of a release: the one entry point ``build``.
+
+Order: Go programs (Kubernetes, CoreDNS, flannel, the flannel CNI plugin, pause,
+crictl), Debian packages (node closure plus what images need), the apt repository,
+the images. Every step is cached by its inputs (cache.py), so a warm build only looks
+records up and checks them against the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision.artifacts import debs, gobuild, images, locks, versions
+from provision.artifacts.cache import Cache, recipe_key
+from provision.artifacts.errors import ArtifactError, ToolchainMissing
+from provision.artifacts.locks import LockEntry
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    kind: str  # binary | deb | image
+    version: str
+    source: str
+    sha256: str
+    path: Path  # the blob (for an image: its manifest blob)
+
+
+@dataclass
+class ArtifactSet:
+    kubernetes: str
+    artifacts: list[Artifact]
+    images: dict[str, str]  # reference -> manifest digest (hex)
+    apt: dict[str, Path]  # repository path (pool/x.deb, Packages, ...) -> blob
+    cache: Cache = field(repr=False, default_factory=Cache)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def binary(self, name: str) -> Path:
+        for a in self.artifacts:
+            if a.kind == "binary" and a.name == name:
+                return a.path
+        raise KeyError(name)
+
+    @property
+    def binaries(self) -> dict[str, Path]:
+        return {a.name: a.path for a in self.artifacts if a.kind == "binary"}
+
+    def files_tree(self) -> dict[str, Path]:
+        """What the mirror serves under /files: ``<version>/bin/<name>`` for node and
+        control-plane binaries, ``<version>/cni/flannel`` for the CNI plugin."""
+        out: dict[str, Path] = {}
+        for name, path in self.binaries.items():
+            if name in ("flannel",):
+                out[f"{self.kubernetes}/cni/{name}"] = path
+            elif name in (*gobuild.KUBERNETES_BINARIES, "crictl"):
+                out[f"{self.kubernetes}/bin/{name}"] = path
+        return out
+
+    def sha256sums(self) -> str:
+        lines = []
+        for rel, path in sorted(self.files_tree().items()):
+            digest = path.name
+            lines.append(f"{digest}  {rel.split('/', 1)[1]}")
+        return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _exclusive(cache: Cache) -> Iterator[None]:
+    """One build per cache at a time; the holder may sweep tmp/ safely."""
+    cache.ensure()
+    with open(cache.root / ".build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArtifactError(f"another artifact build holds {cache.root}/.build.lock; "
+                                "wait for it to finish") from None
+        cache.sweep_tmp()
+        yield
+
+
+def _deb_pins(rel: versions.Release, lock: locks.Lock | None, update: bool,
+              progress: Progress) -> tuple[dict[str, str], set[str]]:
+    """({package: version}, names used inside images)."""
+    if lock is not None and not update and lock.of_kind("deb"):
+        entries = lock.of_kind("deb")
+        pins = {e.name.removeprefix("deb/"): e.version for e in entries}
+        return pins, {e.name.removeprefix("deb/") for e in entries if e.image}
+    progress("debs: resolving the dependency closure with apt")
+    image_names = set(debs.closure(versions.IMAGE_PACKAGE_ROOTS))
+    names = set(debs.closure(versions.NODE_PACKAGES)) | image_names | {"ca-certificates"}
+    return debs.candidates(sorted(names)), image_names
+
+
+def build(version: str | None = None, progress: Progress | None = None, *,
+          update_lock: bool = False, cache: Cache | None = None,
+          lock_dir: Path | None = None, log_dir: Path | None = None) -> ArtifactSet:
+    """Build (or find in the cache) every artifact of a Kubernetes release.
+
+    Raises UnsupportedVersion, ToolchainMissing, ChecksumMismatch, DiskFull or
+    ArtifactError; never leaves a half-written cache entry."""
+    rel = versions.release(version or versions.DEFAULT_KUBERNETES_VERSION)
+    say = progress or (lambda _m: None)
+    cache = cache or Cache()
+    lock = locks.load(rel.kubernetes, lock_dir)
+    if lock is None and not update_lock:
+        locks.verify(None, [], update=False)  # raises with the how-to
+    log_dir = log_dir or cache.root / "logs"
+    timings: dict[str, float] = {}
+    produced: list[LockEntry] = []
+    with _exclusive(cache):
+        t0 = time.monotonic()
+        try:
+            goversion = gobuild.go_version()
+            missing_go: ToolchainMissing | None = None
+        except ToolchainMissing as e:
+            # A warm cache needs no compiler: look records up under the locked version.
+            if lock is None:
+                raise
+            goversion, missing_go = lock.go, e
+        binaries: dict[str, str] = {}
+        for prog in gobuild.programs(rel):
+            t = time.monotonic()
+            key = recipe_key(gobuild.recipe(prog, goversion))
+            rec = cache.get_record("go-" + prog.step, key)
+            if rec is None and missing_go is not None:
+                raise missing_go
+            if rec is None:
+                rec = gobuild.build_program(prog, cache, goversion, say, log_dir)
+            else:
+                say(f"{prog.step}: cached")
+            for name, info in rec["files"].items():
+                binaries[name] = info["sha256"]
+                produced.append(LockEntry(name, "binary", info["version"], info["source"],
+                                          info["sha256"]))
+            timings[f"go-{prog.step}"] = round(time.monotonic() - t, 1)
+        locks.verify(lock, produced, update=update_lock)
+
+        t = time.monotonic()
+        pins, image_debs = _deb_pins(rel, lock, update_lock, say)
+        locked_debs = {e.name.removeprefix("deb/"): e.sha256
+                       for e in (lock.of_kind("deb") if lock else [])}
+        lock_name = str(lock.path) if lock else ""
+        deb_rec = debs.fetch(pins, cache, locked_debs, say, update_lock=update_lock,
+                             lock_name=lock_name)
+        deb_entries = [
+            LockEntry(f"deb/{n}", "deb", i["version"], f"debian:bookworm/{n}={i['version']}",
+                      i["sha256"], image=n in image_debs)
+            for n, i in sorted(deb_rec["files"].items())
+        ]
+        produced += deb_entries
+        timings["debs"] = round(time.monotonic() - t, 1)
+
+        t = time.monotonic()
+        repo = debs.build_repo(deb_rec, cache, say)
+        timings["apt-repo"] = round(time.monotonic() - t, 1)
+
+        t = time.monotonic()
+        img_rec = images.build_images(
+            rel, binaries, {n: i for n, i in deb_rec["files"].items() if n in image_debs},
+            deb_rec["files"]["ca-certificates"]["sha256"], cache, say)
+        image_entries = []
+        for ref, digest in sorted(img_rec["images"].items()):
+            defn = next(d for d in images.image_defs(rel) if d.ref == ref)
+            image_entries.append(LockEntry(
+                ref, "image", ref.rsplit(":", 1)[1],
+                f"built:provision.artifacts.images ({defn.binary}"
+                + (" + debian tools)" if defn.tools else ")"), digest))
+        produced += image_entries
+        timings["images"] = round(time.monotonic() - t, 1)
+
+        locks.verify(lock, produced, update=update_lock)
+        if update_lock:
+            new = locks.Lock(rel.kubernetes, goversion, produced,
+                             locks.lock_path(rel.kubernetes, lock_dir))
+            locks.save(new)
+            say(f"lock: wrote {new.path}")
+        timings["total"] = round(time.monotonic() - t0, 1)
+
+    artifacts = [Artifact(e.name, e.kind, e.version, e.source, e.sha256,
+                          cache.blob_path(e.sha256)) for e in produced]
+    apt = {p: cache.blob_path(i["sha256"]) for p, i in repo["files"].items()}
+    return ArtifactSet(rel.kubernetes, artifacts, dict(img_rec["images"]), apt, cache, timings)
+
+
+@dataclass(frozen=True)
+class ArtifactStatus:
+    name: str
+    version: str
+    source: str
+    sha256: str
+    present: bool
+    kind: str = ""
+
+
+def status(version: str | None = None, *, cache: Cache | None = None,
+           lock_dir: Path | None = None) -> list[ArtifactStatus]:
+    """Every artifact the lock pins for ``version`` and whether the cache holds it
+    (for an image: its manifest, config and every layer)."""
+    from provision.artifacts import oci
+
+    rel = versions.release(version or versions.DEFAULT_KUBERNETES_VERSION)
+    cache = cache or Cache()
+    lock = locks.load(rel.kubernetes, lock_dir)
+    if lock is None:
+        raise ArtifactError(f"no lock file for {rel.kubernetes} "
+                            f"({locks.lock_path(rel.kubernetes, lock_dir)})")
+    out = []
+    for e in lock.entries:
+        present = cache.has_blob(e.sha256)
+        if present and e.kind == "image":
+            try:
+                present = all(cache.has_blob(d) for d in oci.image_blobs(e.sha256, cache))
+            except (OSError, ValueError, KeyError):
+                present = False
+        out.append(ArtifactStatus(e.name, e.version, e.source, e.sha256, present, e.kind))
+    return out
+
+
+def default_log_dir() -> Path:
+    return Cache().root / "logs"
+
+
+__all__ = ["Artifact", "ArtifactSet", "ArtifactStatus", "build", "status"]
+

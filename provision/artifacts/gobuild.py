@@ -1,0 +1,289 @@
+"""Go builds from the module proxy (or a warm module cache) at pinned releases.
+
+Two ways a program is built, both with ``-trimpath``, ``CGO_ENABLED=0`` and fixed
+ldflags so that the same inputs give byte-identical binaries (the lock checks that):
+
+* ``wrapper``: a small main module kept in this repo (``gomod/<name>/go.mod``,
+  ``go.sum``, ``tools.go``) that requires the upstream module and carries the
+  ``replace`` lines it needs. Kubernetes is built this way: k8s.io/kubernetes' own
+  go.mod replaces every k8s.io staging module with ``./staging/...``, which the
+  published module zip does not contain, so we point each one at its published
+  ``v0.<minor>.<patch>``.
+* ``source``: the module's own source (from the module cache) copied to a scratch
+  directory and built as the main module, so its own go.mod, go.sum, replace lines
+  and vendor directory apply exactly as upstream's release build (CoreDNS, flannel,
+  the flannel CNI plugin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision.artifacts.cache import Cache, go_root, recipe_key
+from provision.artifacts.errors import ArtifactError, ToolchainMissing
+
+GOMOD_DIR = Path(__file__).parent / "gomod"
+MIN_GO = (1, 26)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GoProgram:
+    """One `go build` invocation producing one or more binaries."""
+
+    step: str  # cache step name, e.g. "kubernetes"
+    strategy: str  # "wrapper" | "source"
+    module: str  # upstream module path
+    version: str  # upstream module version
+    packages: tuple[tuple[str, str], ...]  # (binary name, import path or ./relative)
+    ldflags: tuple[str, ...] = ()
+    wrapper: str = ""  # gomod/<wrapper> for strategy "wrapper"
+    mod_mode: str = "mod"  # -mod=mod | vendor
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def source_of(self, binary: str) -> str:
+        pkg = dict(self.packages)[binary]
+        if pkg.startswith("./"):
+            pkg = self.module + pkg[1:] if pkg != "./" and pkg != "." else self.module
+        if pkg == ".":
+            pkg = self.module
+        return f"go:{pkg}@{self.version}"
+
+
+def go_env() -> dict[str, str]:
+    root = go_root()
+    env = dict(os.environ)
+    env.update(
+        GOMODCACHE=str(root / "mod"),
+        GOCACHE=str(root / "build"),
+        CGO_ENABLED="0",
+        GOTOOLCHAIN="local",
+        GOFLAGS="-mod=mod",
+        GOOS="linux",
+        GOARCH="amd64",
+    )
+    env.pop("GOPATH", None)
+    return env
+
+
+def go_version() -> str:
+    """`go1.26.8`; raises ToolchainMissing when go is absent or older than MIN_GO."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists()
+                                else None)
+    if go is None:
+        raise ToolchainMissing(
+            "the Go toolchain (`go`) is not on PATH; the offline artifact build compiles "
+            f"Kubernetes from source and needs Go >= {MIN_GO[0]}.{MIN_GO[1]}. Install Go "
+            "(https://go.dev/dl, or a distribution package of that version) and retry."
+        )
+    try:
+        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True,
+                             timeout=60, env=go_env(), check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ToolchainMissing(f"`{go} env GOVERSION` failed: {e}") from e
+    m = re.match(r"go(\d+)\.(\d+)", out)
+    if not m or (int(m[1]), int(m[2])) < MIN_GO:
+        raise ToolchainMissing(
+            f"Go {out or '(unknown)'} is too old: building Kubernetes needs Go >= "
+            f"{MIN_GO[0]}.{MIN_GO[1]} (the go directive of k8s.io/kubernetes' go.mod)."
+        )
+    return out
+
+
+def go_binary() -> str:
+    return shutil.which("go") or "/usr/local/go/bin/go"
+
+
+def _wrapper_files(wrapper: str) -> dict[str, str]:
+    d = GOMOD_DIR / wrapper
+    if not d.is_dir():
+        raise ArtifactError(f"missing Go wrapper module {d}")
+    return {p.name: p.read_text() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def recipe(prog: GoProgram, goversion: str) -> dict:
+    r = {
+        "strategy": prog.strategy,
+        "module": prog.module,
+        "version": prog.version,
+        "packages": list(prog.packages),
+        "ldflags": list(prog.ldflags),
+        "mod_mode": prog.mod_mode,
+        "env": list(prog.extra_env),
+        "go": goversion,
+        "cgo": 0,
+        "trimpath": True,
+    }
+    if prog.strategy == "wrapper":
+        r["wrapper_files"] = recipe_key(_wrapper_files(prog.wrapper))
+    return r
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+    with open(log, "ab") as f:
+        f.write(("$ " + " ".join(cmd) + "\n").encode())
+        f.flush()
+        proc = subprocess.run(["nice", "-n", "10", *cmd], cwd=cwd, env=env, stdout=f,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        if any("no space left on device" in line for line in tail):
+            from provision.artifacts.errors import DiskFull
+
+            raise DiskFull("no space left on device during `go build`; nothing was cached. "
+                           f"Free space and rerun. Log: {log}")
+        raise ArtifactError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}) in "
+                            f"{cwd}:\n  " + "\n  ".join(tail) + f"\n  full log: {log}")
+
+
+def module_dir(module: str, version: str, env: dict[str, str], log: Path, cwd: Path) -> Path:
+    """Download (or find in the module cache) a module's source; return its directory."""
+    out = subprocess.run([go_binary(), "mod", "download", "-json", f"{module}@{version}"],
+                         capture_output=True, text=True, env=env, cwd=cwd)
+    try:
+        info = json.loads(out.stdout)
+    except ValueError:
+        info = {}
+    if out.returncode != 0 or "Dir" not in info:
+        raise ArtifactError(
+            f"cannot get Go module {module}@{version}: {info.get('Error') or out.stderr.strip()}"
+            "\n  offline? the module cache under "
+            f"{env['GOMODCACHE']} must be warm (copy it from a box that built this set), "
+            "or GOPROXY must reach a module proxy / mirror."
+        )
+    with open(log, "a") as f:
+        f.write(f"module {module}@{version} at {info['Dir']}\n")
+    return Path(info["Dir"])
+
+
+def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progress,
+                  log_dir: Path) -> dict:
+    """Build (or find in the cache) one program. Returns the step record."""
+    key = recipe_key(recipe(prog, goversion))
+    rec = cache.get_record("go-" + prog.step, key)
+    if rec is not None:
+        progress(f"{prog.step}: cached")
+        return rec
+    cache.check_space()
+    env = go_env()
+    env.update(dict(prog.extra_env))
+    env["GOFLAGS"] = f"-mod={prog.mod_mode}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"go-{prog.step}.log"
+    log.write_text("")
+    progress(f"{prog.step}: building {prog.module}@{prog.version} "
+             f"({', '.join(b for b, _ in prog.packages)}); log {log}")
+    with cache.workdir("go-" + prog.step) as work:
+        src = work / "src"
+        if prog.strategy == "wrapper":
+            src.mkdir()
+            for name, text in _wrapper_files(prog.wrapper).items():
+                (src / name).write_text(text)
+        else:
+            mdir = module_dir(prog.module, prog.version, env, log, work)
+            shutil.copytree(mdir, src, symlinks=True)
+            for dirpath, dirs, files in os.walk(src):
+                os.chmod(dirpath, 0o755)
+                for fn in files:
+                    p = os.path.join(dirpath, fn)
+                    if not os.path.islink(p):
+                        os.chmod(p, 0o644)
+        out = work / "out"
+        out.mkdir()
+        cmd = [go_binary(), "build", "-trimpath", "-buildvcs=false"]
+        if prog.ldflags:
+            cmd += ["-ldflags", " ".join(prog.ldflags)]
+        cmd += ["-o", str(out) + "/"]
+        pkgs = [pkg for _name, pkg in prog.packages]
+        if len(pkgs) == 1:
+            cmd[-1] = str(out / prog.packages[0][0])
+        cmd += pkgs
+        _run(cmd, src, env, log)
+        files = {}
+        for name, pkg in prog.packages:
+            built = out / (name if len(pkgs) == 1 else Path(pkg).name)
+            if not built.is_file():
+                raise ArtifactError(f"go build of {pkg} produced no {built.name}; log {log}")
+            os.chmod(built, 0o755)
+            files[name] = {"sha256": cache.put_file(built, move=True),
+                           "source": prog.source_of(name), "version": prog.version}
+    rec = {"step": prog.step, "go": goversion, "files": files}
+    cache.put_record("go-" + prog.step, key, rec)
+    progress(f"{prog.step}: built")
+    return rec
+
+
+# -- the programs of a release ----------------------------------------------------------
+
+def kubernetes_ldflags(version: str, build_date: str) -> tuple[str, ...]:
+    major, minor, _patch = version.lstrip("v").split(".")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={build_date}",
+            f"-X {pkg}.gitCommit=0000000000000000000000000000000000000000",
+        ]
+    return tuple(flags)
+
+
+KUBERNETES_BINARIES = ("kubeadm", "kubelet", "kubectl", "kube-apiserver",
+                       "kube-controller-manager", "kube-scheduler", "kube-proxy")
+
+
+def programs(rel) -> list[GoProgram]:  # rel: versions.Release
+    from provision.artifacts import versions as v
+
+    return [
+        GoProgram(
+            step="kubernetes", strategy="wrapper", module="k8s.io/kubernetes",
+            version=rel.kubernetes, wrapper=f"kubernetes-{rel.kubernetes}",
+            packages=tuple((b, f"k8s.io/kubernetes/cmd/{b}") for b in KUBERNETES_BINARIES),
+            ldflags=kubernetes_ldflags(rel.kubernetes, rel.build_date),
+        ),
+        GoProgram(
+            step="coredns", strategy="source", module="github.com/coredns/coredns",
+            version=rel.coredns, packages=(("coredns", "."),),
+            ldflags=("-s", "-w", "-X github.com/coredns/coredns/coremain.GitCommit="
+                     f"{rel.coredns}"),
+        ),
+        GoProgram(
+            step="flannel", strategy="source", module="github.com/flannel-io/flannel",
+            version=v.FLANNEL_VERSION, packages=(("flanneld", "."),),
+            ldflags=("-s", "-w",
+                     f"-X github.com/flannel-io/flannel/pkg/version.Version={v.FLANNEL_VERSION}"),
+        ),
+        GoProgram(
+            step="flannel-cni", strategy="source", module=v.FLANNEL_CNI_MODULE,
+            version=v.FLANNEL_CNI_VERSION, packages=(("flannel", "./plugins/meta/flannel"),),
+            mod_mode="vendor",
+            ldflags=("-s", "-w", "-X github.com/containernetworking/plugins/pkg/utils/"
+                     f"buildversion.BuildVersion={v.FLANNEL_CNI_VERSION}"),
+        ),
+        GoProgram(
+            step="pause", strategy="wrapper", module="provision.local/pause",
+            version=PAUSE_VERSION_TAG, wrapper="../pause", packages=(("pause", "."),),
+            ldflags=("-s", "-w", f"-X main.version={rel.pause}"),
+        ),
+        GoProgram(
+            step="crictl", strategy="wrapper", module="k8s.io/cri-client",
+            version=CRICTL_CRI_CLIENT, wrapper="../crictl", packages=(("crictl", "."),),
+            ldflags=("-s", "-w", f"-X main.version={CRICTL_CRI_CLIENT}"),
+        ),
+    ]
+
+
+PAUSE_VERSION_TAG = "provision-1"
+# provision/artifacts/crictl is built on this CRI client (one for every release: CRI v1).
+CRICTL_CRI_CLIENT = "v0.37.2"

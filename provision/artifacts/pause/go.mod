@@ -1,0 +1,3 @@
+module provision.local/pause
+
+go 1.22
