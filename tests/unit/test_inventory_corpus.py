@@ -37,11 +37,12 @@ class Expected:
 
     def matches(self, p: Problem) -> bool:
         rendered = f"{p.message} (hint: {p.hint})" if p.hint else p.message
-        return (
-            (p.line, p.column, p.path, p.severity)
-            == (self.line, self.column, self.path, self.severity)
-            and self.message in rendered
-        )
+        return (p.line, p.column, p.path, p.severity) == (
+            self.line,
+            self.column,
+            self.path,
+            self.severity,
+        ) and self.message in rendered
 
 
 def expectations(path: Path) -> list[Expected]:
