@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.engine import MARKER_DIR, Engine, Hooks, StageOutcome
+from provision.engine import Engine, Hooks, StageOutcome
 from provision.errors import BadInput, ProvisionError
 from provision.executors import ssh
 from provision.inventory import load_inventory
@@ -161,21 +161,24 @@ class PlanAction:
 
 def plan(inventory_path: Path, pipeline_name: str = "cluster") -> list[PlanAction]:
     """What ``up`` would do now, from what the providers and the nodes report."""
-    from provision.observe import gather_stage_markers
-
     cluster = Cluster(inventory_path)
     cluster.check_providers()
-    pipeline = load_pipeline(pipeline_name)
+    engine = Engine(cluster.inv, cluster.paths, _NullRecord(), _NullProgress(),
+                    cluster.hooks(_NullProgress()))
+    return plan_actions(cluster, load_pipeline(pipeline_name), engine)
+
+
+def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[PlanAction]:
+    from provision.observe import gather_stage_markers
+
     actions: list[PlanAction] = []
     states: dict[str, str] = {}
     for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
         observed = cluster.provider(name).observe(cluster.inv, group)
         states.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
     reachable = [n.name for n in cluster.inv.nodes if states.get(n.name) == "running"]
-    facts = gather_stage_markers(cluster.paths, reachable, MARKER_DIR) if reachable else {}
-    engine = Engine(cluster.inv, cluster.paths, _NullRecord(), _NullProgress(),
-                    cluster.hooks(_NullProgress()))
-    gvars = _plan_vars(cluster, engine)
+    facts = gather_stage_markers(cluster.paths, reachable, engine.marker_dir) if reachable else {}
+    gvars = _plan_vars(cluster)
     for node in cluster.inv.nodes:
         state = states.get(node.name, "missing")
         if state == "missing":
@@ -190,7 +193,9 @@ def plan(inventory_path: Path, pipeline_name: str = "cluster") -> list[PlanActio
                 continue
             stored = node_facts.stage_hashes.get(stage.name) if node_facts else None
             wanted = engine.stage_hash(stage, node, gvars)
-            if stored is None:
+            if node_facts and not node_facts.reachable and state == "running":
+                reason = f"node unreachable ({node_facts.error}); converge to find out"
+            elif stored is None:
                 reason = "never converged on this node"
             elif stored != wanted:
                 reason = "inputs changed since the last converge (roles, variables or artifacts)"
@@ -203,7 +208,7 @@ def plan(inventory_path: Path, pipeline_name: str = "cluster") -> list[PlanActio
     return actions
 
 
-def _plan_vars(cluster: Cluster, engine: Engine) -> dict[str, Any]:
+def _plan_vars(cluster: Cluster) -> dict[str, Any]:
     # Plan must not start services: it assumes they would be where `up` puts them.
     from provision import clustervars
 

@@ -78,6 +78,14 @@ def run(cluster, until=None, nodes=()):
     return result, record
 
 
+def plan(cluster):
+    from provision.operations import plan_actions
+
+    engine = Engine(cluster.inv, cluster.paths, None, Progress(), cluster.hooks(Progress()),
+                    roles_dir=HERE / "roles", checks_dir=HERE / "checks")
+    return plan_actions(cluster, load_pipeline("pipelines", directory=HERE), engine)
+
+
 def on(cluster, node, script):
     proc = ssh.run_on_node(cluster.paths, node, script)
     assert proc.returncode == 0, proc.stderr
@@ -111,10 +119,14 @@ def test_engine_end_to_end(lab):
         assert stages[name].status == "skipped"
     report = json.loads(record.report_json.read_text())
     assert report["status"] == "ok"
+    assert [a.action for a in plan(cluster)] == ["nothing"]
 
     # 3. gating: a node whose inputs changed converges, its check fails, the run stops
     on(cluster, "w-1", f"touch /etc/provision-demo-broken && rm -f {MARKERS}/demo "
                        "/etc/provision-demo-after")
+    # plan observes the nodes (pyinfra) and says exactly what the next run will do
+    assert [(a.action, a.node, a.stage) for a in plan(cluster)] == [
+        ("converge", "w-1", "demo")]
     error, record = run(cluster)
     assert isinstance(error, StageFailed)
     assert (error.stage, error.node) == ("demo", "w-1")
