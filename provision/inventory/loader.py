@@ -100,6 +100,8 @@ def check_inventory(
                 "start from inventories/local.yaml",
             )
         ]
+    # Top-level x-* keys are free for YAML anchors (x-defaults: &cp {...}), as in Compose.
+    doc.data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
     spec: ClusterSpec | None = None
     problems: list[Problem] = []
     pruned: list[Loc] = []

@@ -10,6 +10,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from provision.inventory.problems import DOCUMENT, Problem
 
@@ -55,8 +56,11 @@ def _plain(node: Any, loc: Loc, pos: Positions) -> Any:
         for k, v in node.items():
             key = k if isinstance(k, str) else str(k)
             child = (*loc, key)
-            kl, kc = node.lc.key(k)
-            vl, vc = node.lc.value(k)
+            if k in node.lc.data:
+                kl, kc = node.lc.key(k)
+                vl, vc = node.lc.value(k)
+            else:  # merged in from an anchor (<<: *name): point at the merging mapping
+                kl, kc = vl, vc = node.lc.line, node.lc.col
             pos.keys[child] = (kl + 1, kc + 1)
             pos.values[child] = (vl + 1, vc + 1)
             out[key] = _plain(v, child, pos)
@@ -109,7 +113,11 @@ def parse_yaml(text: str, file: str) -> Document:
         what = str(e.problem or e.context or "")
         cm = e.context_mark
         if e.context and e.problem and cm is not None:
-            what += f" ({e.context} that starts at line {cm.line + 1}, column {cm.column + 1})"
+            where = f"line {cm.line + 1}, column {cm.column + 1}"
+            if what.startswith("but "):
+                what = f"{e.context} (from {where}), {what}"
+            else:
+                what += f" ({e.context} that starts at {where})"
         raise YAMLSyntaxError(
             Problem(
                 file,
@@ -119,6 +127,21 @@ def parse_yaml(text: str, file: str) -> Document:
                 f"YAML syntax error: {what}",
                 "fix the YAML syntax here (indentation, ':' after keys, matching brackets "
                 "and quotes)",
+            )
+        ) from None
+    except ReaderError as e:  # a character YAML does not allow; position is an offset
+        before = text[: e.position]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        raise YAMLSyntaxError(
+            Problem(
+                file,
+                line,
+                col,
+                DOCUMENT,
+                f"character U+{e.character:04X} is not allowed in YAML"
+                if isinstance(e.character, int)
+                else f"the file is not valid {e.encoding}",
+                "remove it (a control character, often from a copy-paste)",
             )
         ) from None
     except YAMLError as e:  # errors without a position

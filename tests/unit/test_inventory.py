@@ -294,3 +294,35 @@ def test_json_schema() -> None:
     # a mutated copy does not leak into the next call
     schema["title"] = "changed"
     assert inventory_json_schema()["title"] == "provision inventory"
+
+
+def test_yaml_anchors_and_extension_keys() -> None:
+    text = """apiVersion: provision.dev/v1alpha1
+kind: Cluster
+name: lab
+kubernetes: {version: v1.37.2}
+controlPlane: {virtualIP: 10.250.0.10}
+network: {subnet: 10.250.0.0/24}
+providers: {local: {}}
+x-cp: &cp {roles: [control-plane], provider: local, machine: {cpus: 1, memory: 2Gi}}
+nodes:
+  - {<<: *cp, name: cp-1, address: 10.250.0.11}
+  - {<<: *cp, name: cp-2, address: 10.250.0.12}
+  - {<<: *cp, name: cp-3, address: 10.250.0.13}
+"""
+    inv = parse_inventory(text, "anchors.yaml")
+    assert [n.machine.memory for n in inv.control_plane_nodes] == ["2Gi"] * 3
+
+
+def test_control_character_position() -> None:
+    _, [problem] = check_inventory("apiVersion: x\nname: a\x01b\n", "c.yaml")
+    assert (problem.line, problem.column) == (2, 8)
+    assert "U+0001" in problem.message
+
+
+def test_yaml_one_point_two_scalars() -> None:
+    # YAML 1.2: a MAC is a string (no sexagesimal numbers), `no` is not a boolean
+    text = local_text(
+        **{"address: 10.250.0.11\n": "address: 10.250.0.11\n    mac: 52:54:00:00:00:11\n"}
+    )
+    assert parse_inventory(text).node("cp-1").mac == "52:54:00:00:00:11"
