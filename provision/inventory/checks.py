@@ -199,10 +199,24 @@ class Checker:
 
     def network(self) -> None:
         n = self.s.network
-        if n is None or not self.pos.has(("network", "gateway")) or n.gateway is None:
-            return  # the default gateway is the subnet's first host: always fine
-        gw = ipaddress.IPv4Address(n.gateway)
-        self._in_subnet(("network", "gateway"), f"gateway {gw}", int(gw))
+        if n is None:
+            return
+        if self.pos.has(("network", "gateway")) and n.gateway is not None:
+            # (the default gateway is the subnet's first host: always fine)
+            gw = ipaddress.IPv4Address(n.gateway)
+            self._in_subnet(("network", "gateway"), f"gateway {gw}", int(gw))
+        p = self.s.providers
+        if p is not None and p.pxe is not None and p.pxe.server_address is not None:
+            server = ipaddress.IPv4Address(p.pxe.server_address)
+            loc: Loc = ("providers", "pxe", "serverAddress")
+            if self._in_subnet(loc, f"PXE server address {server}", int(server)):
+                cp = self.s.control_plane
+                if cp is not None and cp.virtual_ip == str(server):
+                    self.add(
+                        loc,
+                        f"PXE server address {server} is the API virtual IP",
+                        "give the provisioner another address of the subnet",
+                    )
 
     def _in_subnet(self, loc: Loc, subject: str, addr: int, *, once: str | None = None) -> bool:
         """Errors for an address outside the subnet or on its network/broadcast address."""

@@ -511,6 +511,12 @@ class Inventory:
     def pools(self) -> list[PoolSpec]:
         return self.spec.pools
 
+    def credential(self, ref: str) -> str:
+        """Read a credential reference now (file: paths relative to the inventory)."""
+        from provision.inventory.credentials import resolve_credential
+
+        return resolve_credential(ref, self.source_path.parent if self.source_path else None)
+
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:

@@ -326,3 +326,31 @@ def test_yaml_one_point_two_scalars() -> None:
         **{"address: 10.250.0.11\n": "address: 10.250.0.11\n    mac: 52:54:00:00:00:11\n"}
     )
     assert parse_inventory(text).node("cp-1").mac == "52:54:00:00:00:11"
+
+
+def test_docs_describe_every_field() -> None:
+    docs = (ROOT / "docs" / "inventory.md").read_text()
+    schema = inventory_json_schema()
+    models = [schema, *schema["$defs"].values()]
+    missing = {f for m in models for f in m.get("properties", {}) if f"`{f}`" not in docs}
+    assert not missing, f"docs/inventory.md does not describe: {sorted(missing)}"
+
+
+def test_inventory_credential_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "inv.yaml").write_text(
+        local_text(**{"  user: root": "  user: root\n  privateKey: file:key"})
+    )
+    (tmp_path / "key").write_text("KEY\n")
+    inv = load_inventory(tmp_path / "inv.yaml")
+    assert inv.ssh.private_key == "file:key"
+    assert inv.credential(inv.ssh.private_key) == "KEY"
+
+
+def test_pxe_server_address_outside_subnet() -> None:
+    text = (
+        (EXAMPLES / "baremetal.yaml")
+        .read_text()
+        .replace("serverAddress: 10.20.0.2", "serverAddress: 10.30.0.2")
+    )
+    _, problems = check_inventory(text, "m.yaml")
+    assert [(p.path, p.line) for p in problems] == [("providers.pxe.serverAddress", 33)]
