@@ -48,6 +48,11 @@ class GoProgram:
     wrapper: str = ""  # gomod/<wrapper> for strategy "wrapper"
     mod_mode: str = "mod"  # -mod=mod | vendor
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Source builds only: blank imports to drop from a file (backends whose
+    # dependencies the module proxy does not serve), and modules to replace by an
+    # empty local stub so loading the module graph never asks the proxy for them.
+    drop_imports: tuple[tuple[str, str], ...] = ()
+    stub_modules: tuple[str, ...] = ()
 
     def source_of(self, binary: str) -> str:
         pkg = dict(self.packages)[binary]
@@ -76,8 +81,7 @@ def go_env() -> dict[str, str]:
 
 def go_version() -> str:
     """`go1.26.8`; raises ToolchainMissing when go is absent or older than MIN_GO."""
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists()
-                                else None)
+    go = find_go()
     if go is None:
         raise ToolchainMissing(
             "the Go toolchain (`go`) is not on PATH; the offline artifact build compiles "
@@ -98,8 +102,16 @@ def go_version() -> str:
     return out
 
 
+def find_go() -> str | None:
+    """`go` on PATH, else the official tarball's default location."""
+    found = shutil.which("go")
+    if found:
+        return found
+    return "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+
+
 def go_binary() -> str:
-    return shutil.which("go") or "/usr/local/go/bin/go"
+    return find_go() or "go"
 
 
 def _wrapper_files(wrapper: str) -> dict[str, str]:
@@ -118,6 +130,8 @@ def recipe(prog: GoProgram, goversion: str) -> dict:
         "ldflags": list(prog.ldflags),
         "mod_mode": prog.mod_mode,
         "env": list(prog.extra_env),
+        "drop_imports": list(prog.drop_imports),
+        "stub_modules": list(prog.stub_modules),
         "go": goversion,
         "cgo": 0,
         "trimpath": True,
@@ -142,6 +156,23 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
                            f"Free space and rerun. Log: {log}")
         raise ArtifactError(f"`{' '.join(cmd[:3])} ...` failed (exit {proc.returncode}) in "
                             f"{cwd}:\n  " + "\n  ".join(tail) + f"\n  full log: {log}")
+
+
+def _patch_source(prog: GoProgram, src: Path, env: dict[str, str], log: Path) -> None:
+    for rel, imp in prog.drop_imports:
+        f = src / rel
+        lines = f.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if f'"{imp}"' not in ln]
+        if len(kept) == len(lines):
+            raise ArtifactError(f"{prog.module}@{prog.version}: {rel} no longer imports {imp}; "
+                                "update the build recipe")
+        f.write_text("".join(kept))
+    for i, mod in enumerate(prog.stub_modules):
+        stub = src / "_provision_stubs" / str(i)
+        stub.mkdir(parents=True)
+        (stub / "go.mod").write_text(f"module {mod}\n\ngo 1.20\n")
+        _run([go_binary(), "mod", "edit", f"-replace={mod}=./_provision_stubs/{i}"], src, env,
+             log)
 
 
 def module_dir(module: str, version: str, env: dict[str, str], log: Path, cwd: Path) -> Path:
@@ -196,6 +227,7 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
                     p = os.path.join(dirpath, fn)
                     if not os.path.islink(p):
                         os.chmod(p, 0o644)
+            _patch_source(prog, src, env, log)
         out = work / "out"
         out.mkdir()
         cmd = [go_binary(), "build", "-trimpath", "-buildvcs=false"]
@@ -261,13 +293,18 @@ def programs(rel) -> list[GoProgram]:  # rel: versions.Release
         GoProgram(
             step="flannel", strategy="source", module="github.com/flannel-io/flannel",
             version=v.FLANNEL_VERSION, packages=(("flanneld", "."),),
+            # The Tencent Cloud SDK is not on the module proxy: build without that
+            # backend (clusters here use vxlan).
+            drop_imports=(("main.go", "github.com/flannel-io/flannel/pkg/backend/tencentvpc"),),
+            stub_modules=("github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common",
+                          "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc"),
             ldflags=("-s", "-w",
                      f"-X github.com/flannel-io/flannel/pkg/version.Version={v.FLANNEL_VERSION}"),
         ),
         GoProgram(
             step="flannel-cni", strategy="source", module=v.FLANNEL_CNI_MODULE,
             version=v.FLANNEL_CNI_VERSION, packages=(("flannel", "./plugins/meta/flannel"),),
-            mod_mode="vendor",
+            # (module zips carry no vendor/ directory: dependencies come from the proxy)
             ldflags=("-s", "-w", "-X github.com/containernetworking/plugins/pkg/utils/"
                      f"buildversion.BuildVersion={v.FLANNEL_CNI_VERSION}"),
         ),

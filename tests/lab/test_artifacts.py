@@ -1,0 +1,122 @@
+"""Lab tier: the artifact mirror served inside a network namespace, reached from another.
+
+Namespaces ``pvart-<pid>-srv`` (nginx + docker-registry on 10.254.77.1) and
+``pvart-<pid>-cli`` (a client on 10.254.77.2) joined by a veth pair; both are always
+deleted. Uses the artifact set of the default release (a cold cache builds it first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from provision.artifacts import build, versions
+from provision.artifacts.serve import ArtifactServer
+
+pytestmark = pytest.mark.lab
+
+SERVER_IP, CLIENT_IP = "10.254.77.1", "10.254.77.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    for tool in ("ip", "nginx", "docker-registry", "curl"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            pytest.skip(f"needs {tool}")
+    pid = os.getpid()
+    srv, cli = f"pvart-{pid}-srv", f"pvart-{pid}-cli"
+    veth_s, veth_c = f"pva{pid % 100000}s", f"pva{pid % 100000}c"
+    try:
+        _ip("netns", "add", srv)
+        _ip("netns", "add", cli)
+        _ip("link", "add", veth_s, "type", "veth", "peer", "name", veth_c)
+        _ip("link", "set", veth_s, "netns", srv)
+        _ip("link", "set", veth_c, "netns", cli)
+        for ns, dev, addr in ((srv, veth_s, SERVER_IP), (cli, veth_c, CLIENT_IP)):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield srv, cli
+    finally:
+        for ns in (srv, cli):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert veth_s not in links and veth_c not in links
+
+
+@pytest.fixture(scope="module")
+def served(namespaces):
+    srv_ns, _cli = namespaces
+    aset = build(versions.DEFAULT_KUBERNETES_VERSION)
+    server = ArtifactServer(aset, SERVER_IP, netns=srv_ns)
+    server.start()
+    try:
+        yield aset, server
+    finally:
+        procs = list(server._procs.values())
+        server.stop()
+        assert all(p.poll() is not None for p in procs), "a server process outlived stop()"
+        assert not server.run_dir.exists()
+
+
+def _client(cli_ns: str, *curl_args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", cli_ns, "curl", "-sS", "--fail",
+                           "--max-time", "60", "--noproxy", "*", *curl_args],
+                          capture_output=True, timeout=120)
+
+
+def test_apt_index_is_served(namespaces, served):
+    _srv, cli = namespaces
+    aset, server = served
+    r = _client(cli, f"{server.mirror_url}/apt/Packages")
+    assert r.returncode == 0, r.stderr
+    packages = r.stdout.decode()
+    for pkg in ("containerd", "etcd-server", "haproxy", "keepalived", "runc"):
+        assert f"\nPackage: {pkg}\n" in "\n" + packages
+    release = _client(cli, f"{server.mirror_url}/apt/Release").stdout.decode()
+    assert hashlib.sha256(packages.encode()).hexdigest() in release
+    # a .deb named in the index is there, byte for byte what the index says
+    first = next(line.split(": ", 1)[1] for line in packages.splitlines()
+                 if line.startswith("Filename: "))
+    deb = _client(cli, f"{server.mirror_url}/apt/{first}")
+    assert deb.returncode == 0 and deb.stdout[:8] == b"!<arch>\n"
+
+
+def test_a_file_is_served(namespaces, served):
+    _srv, cli = namespaces
+    aset, server = served
+    r = _client(cli, f"{server.mirror_url}/files/{aset.kubernetes}/bin/kubeadm")
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(r.stdout).hexdigest() == aset.binary("kubeadm").name
+    sums = _client(cli, f"{server.mirror_url}/files/{aset.kubernetes}/SHA256SUMS").stdout.decode()
+    assert f"{aset.binary('kubeadm').name}  bin/kubeadm" in sums
+
+
+def test_image_manifests_are_served_under_upstream_names(namespaces, served):
+    _srv, cli = namespaces
+    aset, server = served
+    rel = versions.release(aset.kubernetes)
+    for ref in (f"registry.k8s.io/pause:{rel.pause}",
+                f"registry.k8s.io/kube-apiserver:{aset.kubernetes}",
+                f"ghcr.io/flannel-io/flannel:{versions.FLANNEL_VERSION}"):
+        repo, tag = ref.rsplit(":", 1)
+        r = _client(cli, "-D", "-", "-H",
+                    "Accept: application/vnd.oci.image.manifest.v1+json",
+                    f"http://{server.registry}/v2/{repo}/manifests/{tag}")
+        assert r.returncode == 0, r.stderr
+        head, _, body = r.stdout.decode().partition("\r\n\r\n")
+        manifest = json.loads(body)
+        assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        assert f"sha256:{aset.images[ref]}" in head  # Docker-Content-Digest
+        assert hashlib.sha256(body.encode()).hexdigest() == aset.images[ref]
