@@ -76,7 +76,14 @@ def ensure_bridge(lab: str, gateway_cidr: str) -> None:
     _ip("-n", lab, "link", "set", BRIDGE, "up")
 
 
-def ensure_node_link(lab: str, node_ns: str, veth: str) -> None:
+def node_mac(cluster: str, node: str) -> str:
+    """A stable, locally administered MAC for a node's eth0: a restarted node keeps it,
+    so the lab's ARP cache stays right (a new random MAC costs ~30 s of stale ARP)."""
+    h = hashlib.sha256(f"mac/{cluster}/{node}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
+
+
+def ensure_node_link(lab: str, node_ns: str, veth: str, mac: str) -> None:
     """Node namespace holding eth0, a veth whose peer is on br-lab. The node configures
     its address and route itself at boot (systemd-networkd), like a real server."""
     ensure(node_ns)
@@ -84,8 +91,13 @@ def ensure_node_link(lab: str, node_ns: str, veth: str) -> None:
         if link_exists(lab, veth):  # half of an earlier attempt
             _ip("-n", lab, "link", "delete", veth, check=False)
         _ip("-n", lab, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-            "netns", node_ns)
+            "netns", node_ns, "address", mac)
     _ip("-n", lab, "link", "set", veth, "master", BRIDGE, "up")
+
+
+def forget_neighbor(netns: str, address: str) -> None:
+    """Drop the lab's ARP entry for an address (its MAC may have changed)."""
+    _ip("-n", netns, "neigh", "flush", "to", address, check=False)
 
 
 def delete_link(netns: str, link: str) -> None:

@@ -67,7 +67,8 @@ def launch(spec: MachineSpec, timeout: float = 10) -> int:
     """Start the machine detached; returns nspawn's pid."""
     spec.pidfile.unlink(missing_ok=True)
     spec.console_log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1", SYSTEMD_LOG_COLOR="0")
+    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1", SYSTEMD_COLORS="0",
+               TERM="dumb")  # plain console.log
     argv = ["sh", "-c", _WRAPPER, "sh", *map(str, spec.cgroup_procs), "--",
             str(spec.pidfile), str(spec.console_log), *command(spec)]
     proc = subprocess.run(argv, env=env, start_new_session=True, capture_output=True,
@@ -169,4 +170,7 @@ def _wait_gone(pid: int, name: str, timeout: float) -> bool:
 
 
 def remove_propagate_dir(name: str) -> None:
-    shutil.rmtree(PROPAGATE_DIR / name, ignore_errors=True)
+    # nspawn leaves it when /run is not a tmpfs (as on this box); it may hold mounts.
+    from provision.lab.mounts import remove_tree
+
+    remove_tree(PROPAGATE_DIR / name)

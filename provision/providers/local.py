@@ -334,7 +334,9 @@ class LocalProvider:
         lay.containerd.mkdir(exist_ok=True)
         mounts.mount_overlay(lower, lay.upper, lay.work, lay.root)
         self._inject(inv, node, lay, paths)
-        netns.ensure_node_link(lab_netns(inv.name), lay.netns, lay.veth)
+        mac = getattr(node, "mac", None) or netns.node_mac(inv.name, node.name)
+        netns.ensure_node_link(lab_netns(inv.name), lay.netns, lay.veth, str(mac))
+        netns.forget_neighbor(lab_netns(inv.name), str(node.address))
         cgroups.create(lay.cgroup, cpus=_cpus(node), memory=_memory(node))
 
     def _inject(self, inv: Any, node: Any, lay: NodeLayout, paths: ClusterPaths) -> None:

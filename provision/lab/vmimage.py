@@ -1,0 +1,210 @@
+"""VM disk images for the libvirt provider, built offline from a recipe in ``images/``.
+
+A VM recipe is an image recipe (see ``provision.lab.image``) whose ``recipe.toml``
+says ``kind = "vm"``. Building one reuses the node-image builder for the rootfs
+(debootstrap from Debian's packages, the recipe's ``rootfs/`` overlay, its
+``customize.sh``), then turns that rootfs into a bootable disk:
+
+    <cache>/images/<recipe>-<hash>/
+        rootfs/            the bootstrapped tree (shared step with lab images)
+        disk/root.qcow2    ext4 filesystem labelled "root" (mkfs.ext4 -d), as qcow2
+        disk/vmlinuz       the recipe's kernel and initrd, booted directly by libvirt
+        disk/initrd.img    (no partition table, no boot loader to install)
+        disk/image.json    digest, kernel command line, sizes
+
+The hash covers every file of the recipe, so editing it rebuilds and anything else
+reuses. ``disk/`` is built in a temporary directory and renamed into place: a crashed
+build never leaves a half image where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.errors import BadInput, ProviderError
+from provision.lab import image
+from provision.lab.mounts import remove_tree
+from provision.paths import cache_root
+
+DEFAULT_CMDLINE = "root=LABEL=root rw console=ttyS0,115200n8 net.ifnames=0"
+
+
+@dataclass(frozen=True)
+class VMImage:
+    """A built VM image: the files libvirt needs to boot it."""
+
+    name: str  # <recipe>-<hash>: names the base volumes in a storage pool
+    dir: Path
+    disk: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class VMRecipe:
+    recipe: image.Recipe
+    size: int  # bytes of the base filesystem
+    cmdline: str
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def digest(self) -> str:
+        return self.recipe.digest
+
+    @property
+    def disk_dir(self) -> Path:
+        return self.recipe.cache_dir / "disk"
+
+    def is_built(self) -> bool:
+        return (self.disk_dir / "image.json").is_file()
+
+    def built(self) -> VMImage:
+        d = self.disk_dir
+        meta = json.loads((d / "image.json").read_text())
+        return VMImage(name=f"{self.name}-{self.digest}", dir=d, disk=d / "root.qcow2",
+                       kernel=d / "vmlinuz", initrd=d / "initrd.img",
+                       cmdline=meta.get("cmdline", self.cmdline), digest=self.digest)
+
+
+def _size(value: str | int) -> int:
+    from provision.providers.local import parse_size
+
+    out = parse_size(value)
+    assert out is not None
+    return out
+
+
+def available() -> dict[str, VMRecipe]:
+    """Image name -> VM recipe, for every recipe with ``kind = "vm"``."""
+    out: dict[str, VMRecipe] = {}
+    seen: set[Path] = set()
+    for r in image.available().values():
+        if r.path in seen:
+            continue
+        seen.add(r.path)
+        data = tomllib.loads((r.path / "recipe.toml").read_text())
+        if data.get("kind") != "vm":
+            continue
+        vr = VMRecipe(recipe=r, size=_size(data.get("size", "3Gi")),
+                      cmdline=data.get("kernel_cmdline", DEFAULT_CMDLINE))
+        for n in (*data.get("names", ()), r.name):
+            out.setdefault(n, vr)
+    return out
+
+
+def find_recipe(name: str) -> VMRecipe:
+    recipes = available()
+    if name not in recipes:
+        known = ", ".join(sorted(recipes)) or "none"
+        raise BadInput(f"no VM image recipe named {name!r} under {image.recipes_dir()} "
+                       f"(VM recipes have kind = \"vm\" in recipe.toml; known: {known})")
+    return recipes[name]
+
+
+def build_requirements() -> list[str]:
+    """What building a VM image needs that this host lacks (empty: all there)."""
+    missing = []
+    for tool, pkg in (("debootstrap", "debootstrap"), ("mkfs.ext4", "e2fsprogs"),
+                      ("qemu-img", "qemu-utils")):
+        if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
+            missing.append(f"{tool} (apt-get install {pkg})")
+    if os.geteuid() != 0:
+        missing.append("root (debootstrap, chroot)")
+    return missing
+
+
+def ensure_vm_image(name: str, log: Callable[[str], None] | None = None) -> VMImage:
+    """The built image for ``name``, building it first when the recipe changed."""
+    vr = find_recipe(name)
+    if vr.is_built():
+        return vr.built()
+    say = log or (lambda _m: None)
+    images = cache_root() / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    with open(images / f".{vr.name}.disk.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
+        if vr.is_built():
+            return vr.built()
+        missing = build_requirements()
+        if missing:
+            raise ProviderError("building the VM image needs: " + ", ".join(missing))
+        rootfs = image.ensure_image(vr.name, say)
+        _build_disk(vr, rootfs, say)
+    return vr.built()
+
+
+def _build_disk(vr: VMRecipe, rootfs: Path, say: Callable[[str], None]) -> None:
+    final = vr.disk_dir
+    tmp = final.with_name(f".disk.tmp-{os.getpid()}")
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    logfile = tmp / "build.log"
+    started = time.monotonic()
+    try:
+        say(f"building VM disk {vr.name}-{vr.digest} ({vr.size >> 20} MiB ext4 -> qcow2)")
+        boot = rootfs / "boot"
+        kernels = sorted(boot.glob("vmlinuz-*"))
+        initrds = sorted(boot.glob("initrd.img-*"))
+        if not kernels or not initrds:
+            raise ProviderError(f"the VM recipe {vr.recipe.path} installed no kernel/initrd "
+                                f"in {boot}: add linux-image-cloud-amd64 to its packages")
+        shutil.copyfile(kernels[-1], tmp / "vmlinuz")
+        shutil.copyfile(initrds[-1], tmp / "initrd.img")
+        raw = tmp / "root.raw"
+        with open(raw, "wb") as f:
+            f.truncate(vr.size)
+        _run(["nice", "-n", "10", "mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs),
+              "-E", "root_owner=0:0", str(raw)], logfile)
+        _run(["nice", "-n", "10", "qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+              str(raw), str(tmp / "root.qcow2")], logfile)
+        raw.unlink()
+        meta = {"recipe": vr.name, "digest": vr.digest, "cmdline": vr.cmdline,
+                "size": vr.size, "kernel": kernels[-1].name,
+                "seconds": round(time.monotonic() - started, 1)}
+        (tmp / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
+        remove_tree(final)
+        os.rename(tmp, final)
+        say(f"VM image ready: {final}")
+    except BaseException:
+        if logfile.exists():
+            shutil.copyfile(logfile, final.with_name("disk.failed.log"))
+        remove_tree(tmp)
+        raise
+
+
+def _run(cmd: list[str], logfile: Path) -> None:
+    with open(logfile, "ab") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        tail = logfile.read_text(errors="replace").splitlines()[-15:]
+        raise ProviderError(f"VM image build step failed ({cmd[3]}, exit {proc.returncode}):"
+                            "\n  " + "\n  ".join(tail))
+
+
+def main() -> None:  # python -m provision.lab.vmimage [NAME]: build and print the paths
+    import sys
+
+    img = ensure_vm_image(sys.argv[1] if len(sys.argv) > 1 else "debian-12",
+                          lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({k: str(v) for k, v in img.__dict__.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
