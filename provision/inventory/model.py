@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import ComputedFieldInfo, FieldInfo
 
 from provision.inventory.problems import Problem
 from provision.inventory.types import (
@@ -38,10 +39,23 @@ ROLES: tuple[str, ...] = ("control-plane", "etcd", "worker")
 PROVIDERS: tuple[str, ...] = ("local", "libvirt", "pxe", "static")
 
 
+def _title(name: str, info: FieldInfo | ComputedFieldInfo) -> str:
+    """JSON Schema title from the YAML key: "virtualIP" -> "Virtual IP"."""
+    key = info.alias or name
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", key).split()
+    words = [{"api": "API", "id": "ID"}.get(w.lower(), w) for w in words]
+    return " ".join(words)[:1].upper() + " ".join(words)[1:]
+
+
 class Spec(BaseModel):
     """Base of every inventory section: camelCase keys, unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_alias=True,
+        validate_by_name=False,
+        field_title_generator=_title,
+    )
 
 
 def _unique_roles(roles: list[str]) -> list[str]:
@@ -249,14 +263,40 @@ class LibvirtProvider(Spec):
     """KVM virtual machines created through libvirt."""
 
     uri: str = Field(default="qemu:///system", description="libvirt connection URI.")
-    network: str = Field(default="default", description="libvirt network the VMs attach to.")
+    network: str | None = Field(
+        default=None,
+        description="Existing libvirt network the VMs attach to. Default (neither network "
+        "nor bridge set): provision creates an isolated network pv-<cluster> holding the "
+        "node subnet's gateway, and removes it on destroy.",
+    )
+    bridge: str | None = Field(
+        default=None,
+        description="Existing bridge on the libvirt host the VMs attach to, instead of a "
+        "libvirt network (like br-lab of a lab namespace).",
+        pattern=r"^[A-Za-z0-9_.:-]{1,15}$",
+    )
+    netns: str | None = Field(
+        default=None,
+        description="Network namespace on this host where the VMs' network lives (a lab "
+        "namespace): provision reaches the VMs through it. Default: the host's own.",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    )
     pool: str = Field(default="default", description="Storage pool for the VM disks.")
-    image: str = Field(default="debian-12", description="Node image recipe from images/.")
+    image: str = Field(default="debian-12", description="VM image recipe from images/.")
     defaults: Machine | None = Field(
         default=None,
         description="Machine size for libvirt nodes that set none (cpus, memory and disk "
         "are all required per node, from here or from the node/template).",
     )
+
+    @model_validator(mode="after")
+    def _one_attachment(self) -> LibvirtProvider:
+        if self.network is not None and self.bridge is not None:
+            raise invalid(
+                "set either network or bridge, not both",
+                "network: an existing libvirt network; bridge: an existing host bridge",
+            )
+        return self
 
 
 class PxeProvider(Spec):
