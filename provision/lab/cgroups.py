@@ -7,6 +7,7 @@ namespace rooted there, so the node (and containerd in it) sees only its own tre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -83,10 +84,8 @@ def remove(name: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     for sig in (signal.SIGKILL,):
         for pid in pids(name):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
     while True:
         left = []
         for g in group_paths(name):
@@ -105,10 +104,8 @@ def remove(name: str, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise OSError(f"cgroup sub-groups still busy: {', '.join(map(str, left))}")
         for pid in pids(name):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.2)
 
 

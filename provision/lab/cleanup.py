@@ -7,6 +7,7 @@ lab tests. Only names provision makes are considered: ``pv-<cluster>...``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -92,10 +93,8 @@ def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list
     for n in netns.listing():
         if n.startswith(f"pv-{prefix}") and not spared(n):
             for pid in netns.pids_in(n):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             netns.delete(n)
             removed.append(f"netns {n}")
     prop = nspawn.PROPAGATE_DIR

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from provision.errors import BadInput
@@ -42,7 +42,7 @@ __all__ = [
 Progress = Callable[[str, str], None]
 
 
-class MachineState(str, Enum):
+class MachineState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"  # exists (its disk is kept), not running
     MISSING = "missing"

@@ -18,6 +18,7 @@ it. Everything a node owns on disk lives in ``<state>/clusters/<c>/machines/<nod
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -231,6 +232,7 @@ class LocalProvider:
             lay = self.layout(inv, node)
             if lay.pid() is not None:
                 say(node.name, "running, reused")
+                self._record_host_key(paths, node, lay)
                 continue
             say(node.name, "starting" if lay.meta.exists() else "creating")
             self._prepare(inv, node, lay, rootfs)
@@ -300,12 +302,39 @@ class LocalProvider:
             time.sleep(0.05)
         return port
 
+    def spawn_in_lab(self, inv: Any, name: str, argv: list[str]) -> int:
+        """Run a provisioner-side service (artifact mirror, registry) detached inside the
+        lab namespace, where nodes reach it on the gateway address. Idempotent by
+        ``name``; its pidfile and log live in the machines dir; destroy stops it."""
+        import subprocess
+
+        machines = self.paths(inv).machines_dir
+        machines.mkdir(parents=True, exist_ok=True)
+        pidfile, log = machines / f"service-{name}.pid", machines / f"service-{name}.log"
+        try:
+            pid = int(pidfile.read_text())
+            if os.path.exists(f"/proc/{pid}") and not _zombie(pid):
+                return pid
+        except (OSError, ValueError):
+            pass
+        self._ensure_lab(inv)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", lab_netns(inv.name), *argv],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+        pidfile.write_text(f"{proc.pid}\n")
+        return proc.pid
+
     def destroy_lab(self, inv: Any) -> None:
         """The cluster's lab namespace and everything running in it (forwarders, mirrors)."""
         machines = self.paths(inv).machines_dir
         if machines.is_dir():
             for pf in machines.glob("forward-*.pid"):
                 _kill_pidfile(pf)
+            for pf in machines.glob("service-*.pid"):
+                pf.unlink(missing_ok=True)  # the process itself is in the lab: killed below
+            for log in machines.glob("service-*.log"):
+                log.unlink(missing_ok=True)
         lab = lab_netns(inv.name)
         _kill_all(netns.pids_in(lab))
         netns.delete(lab)
@@ -353,8 +382,7 @@ class LocalProvider:
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
             (etc / "ssh" / "ssh_host_ed25519_key.pub").write_text(f"{pub} root@{node.name}\n")
             (etc / "machine-id").write_text(secrets.token_hex(16) + "\n")
-        pub = (etc / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
-        _set_known_host(paths.known_hosts, str(node.address), f"{pub[0]} {pub[1]}")
+        self._record_host_key(paths, node, lay)
 
         (etc / "hostname").write_text(f"{node.name}\n")
         (etc / "hosts").write_text(
@@ -372,6 +400,12 @@ class LocalProvider:
         ssh_dir.mkdir(parents=True, exist_ok=True)
         ssh_dir.chmod(0o700)
         write_secret(ssh_dir / "authorized_keys", paths.ssh_public_key.read_text())
+
+    def _record_host_key(self, paths: ClusterPaths, node: Any, lay: NodeLayout) -> None:
+        """known_hosts gets the key we generated (read from the node's disk, never from
+        the network), keyed by the node's address."""
+        pub = (lay.root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
+        _set_known_host(paths.known_hosts, str(node.address), f"{pub[0]} {pub[1]}")
 
     def _machine_spec(self, lay: NodeLayout, node: Any) -> nspawn.MachineSpec:
         return nspawn.MachineSpec(
@@ -429,10 +463,8 @@ class LocalProvider:
         try:
             address = json.loads(lay.meta.read_text()).get("address")
         except (OSError, ValueError):
-            try:
+            with contextlib.suppress(AttributeError, KeyError):
                 address = str(inv.node(name).address)
-            except (AttributeError, KeyError):
-                pass
         self._stop(lay, timeout=10)
         if lay.dir.exists():
             mounts.remove_tree(lay.dir)
@@ -503,10 +535,8 @@ def _kill_all(pids: list[int], timeout: float = 5) -> None:
     pids = [p for p in pids if p != os.getpid()]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)]

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from leaks import assert_no_leaks, find_leaks
 
 from provision.errors import BadInput
 from provision.lab import cgroups, mounts, netns
 from provision.paths import cache_root
 from provision.providers.base import MachineState
-
-from leaks import assert_no_leaks, find_leaks
 
 pytestmark = pytest.mark.lab
 
