@@ -284,17 +284,21 @@ class Checker:
                 )
             else:
                 seen[p.name] = j
+        pools = dict(self.s.pools)
         for i, n in self.s.nodes:
-            if n.name in seen:
-                p = dict(self.s.pools)[seen[n.name]]
-                if p.count:
-                    continue  # the node/pool-node clash below says it better
-                self.add(
-                    ("nodes", i, "name"),
-                    f"node name '{n.name}' is also a pool name (pools[{seen[n.name]}])",
-                    "rename the node or the pool",
-                    "warning",
-                )
+            # worker-5 beside a pool `worker` of count 2: fine today, a clash once the
+            # count reaches 5 (a count raise must never rename or collide)
+            pool_name, _, number = n.name.rpartition("-")
+            if pool_name in seen and number.isdigit() and not number.startswith("0"):
+                pool = pools[seen[pool_name]]
+                if int(number) > pool.count:
+                    self.add(
+                        ("nodes", i, "name"),
+                        f"node name '{n.name}' is what pool '{pool_name}' will call its node "
+                        f"{number} when its count is raised",
+                        "rename the node, or the pool",
+                        "warning",
+                    )
         for j, p in self.s.pools:
             longest = p.node_name(max(p.count, 1))
             if len(longest) > 63:

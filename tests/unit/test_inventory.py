@@ -354,3 +354,12 @@ def test_pxe_server_address_outside_subnet() -> None:
     )
     _, problems = check_inventory(text, "m.yaml")
     assert [(p.path, p.line) for p in problems] == [("providers.pxe.serverAddress", 33)]
+
+
+def test_node_named_like_a_future_pool_node_warns() -> None:
+    extra = "  - {name: worker-3, roles: [worker], provider: local, address: 10.250.0.40}\n"
+    text = local_text(**{"\n# Pools:": "\n" + extra + "# Pools:"})
+    inv = parse_inventory(text, "f.yaml")
+    [warning] = inv.warnings
+    assert warning.path == "nodes[3].name"
+    assert "pool 'worker' will call its node 3" in warning.message
