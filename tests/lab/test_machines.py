@@ -230,3 +230,64 @@ def test_destroy_leaves_nothing(lab_cluster):
     assert lab_cluster.paths.known_hosts.read_text().strip() == ""
     p.destroy(inv, inv.nodes)  # twice is harmless
     assert_no_leaks(lab_cluster.name, NODES)
+
+
+def test_failed_ensure_is_cleaned_by_destroy(lab_host, tmp_path, monkeypatch):
+    """A machine that never answers SSH in time: ensure fails (bounded), destroy cleans."""
+    from conftest import make_cluster_name, write_inventory
+
+    from provision.errors import ProviderError
+    from provision.inventory import load_inventory
+    from provision.lab.cleanup import sweep
+    from provision.providers.local import LocalProvider
+
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    name = make_cluster_name()
+    inv = load_inventory(write_inventory(tmp_path / "inv.yaml", name, 1, net="10.251.1"))
+    provider = LocalProvider()
+    provider.ssh_timeout = 0.0  # no time at all to answer SSH
+    try:
+        with pytest.raises(ProviderError, match="not reachable"):
+            provider.ensure(inv, inv.nodes)
+    finally:
+        provider.destroy(inv, inv.nodes)
+        assert_no_leaks(name, ["m-1"])
+        sweep(name)
+
+
+def test_sweep_removes_what_a_crashed_run_left(lab_host, tmp_path):
+    """A process that created a machine and died without destroying it: the sweep that
+    runs before lab tests (leftovers of dead owners) removes everything."""
+    import sys
+
+    from conftest import PREFIX, _owner_alive, write_inventory
+
+    from provision.lab.cleanup import leftovers, sweep
+
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+os.environ["PROVISION_STATE_DIR"] = {str(tmp_path / "state")!r}
+from provision.inventory import load_inventory
+from provision.providers.local import LocalProvider
+name = "{PREFIX}%d-dead" % os.getpid()
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import write_inventory
+inv = load_inventory(write_inventory(__import__("pathlib").Path({str(tmp_path)!r}) / "i.yaml",
+                                     name, 1, net="10.251.2"))
+LocalProvider().ensure(inv, inv.nodes)
+print(name, flush=True)
+os._exit(0)  # "crash": no destroy
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    name = proc.stdout.split()[-1]
+    try:
+        assert leftovers(name), "the crashed run should have left its machine running"
+        assert not _owner_alive(name)
+        removed = sweep(PREFIX, keep=_owner_alive)
+        assert any(name in r for r in removed)
+        assert_no_leaks(name, ["m-1"])
+    finally:
+        sweep(name)
