@@ -293,9 +293,11 @@ def programs(rel) -> list[GoProgram]:  # rel: versions.Release
         GoProgram(
             step="flannel", strategy="source", module="github.com/flannel-io/flannel",
             version=v.FLANNEL_VERSION, packages=(("flanneld", "."),),
-            # The Tencent Cloud SDK is not on the module proxy: build without that
-            # backend (clusters here use vxlan).
-            drop_imports=(("main.go", "github.com/flannel-io/flannel/pkg/backend/tencentvpc"),),
+            # Without two backends (clusters here use vxlan): tencentvpc, whose Tencent
+            # Cloud SDK the module proxy does not serve, and udp, whose proxy is C code
+            # (we build with CGO_ENABLED=0; upstream's udp backend is deprecated).
+            drop_imports=(("main.go", "github.com/flannel-io/flannel/pkg/backend/tencentvpc"),
+                          ("main.go", "github.com/flannel-io/flannel/pkg/backend/udp")),
             stub_modules=("github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common",
                           "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc"),
             ldflags=("-s", "-w",

@@ -1,0 +1,50 @@
+"""python -m provision.artifacts build|status [--version V] [--update-lock]
+
+A stand-in until the lead wires `provision artifacts build|status` into the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from provision.artifacts import build, status
+from provision.errors import ProvisionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m provision.artifacts")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--version", default=None)
+    b.add_argument("--update-lock", action="store_true")
+    s = sub.add_parser("status")
+    s.add_argument("--version", default=None)
+    s.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            t0 = time.monotonic()
+            aset = build(args.version, progress=lambda m: print(m, flush=True),
+                         update_lock=args.update_lock)
+            print(json.dumps({"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
+                              "images": aset.images, "timings": aset.timings,
+                              "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+        else:
+            rows = status(args.version)
+            if args.json:
+                print(json.dumps([r.__dict__ for r in rows], indent=1))
+            else:
+                for r in rows:
+                    mark = "present" if r.present else "MISSING"
+                    print(f"{mark:8} {r.kind:6} {r.name:60} {r.version:28} {r.sha256[:12]}")
+            return 0 if all(r.present for r in rows) else 1
+    except ProvisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
