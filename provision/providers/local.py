@@ -247,6 +247,7 @@ class LocalProvider:
         self.ensure(inv, [node])
 
     def stop(self, inv: Any, node: Any) -> None:
+        _close_ssh_masters(self.paths(inv), [node.name])
         self._stop(self.layout(inv, node), self.stop_timeout)
 
     def observe(self, inv: Any, nodes: Sequence[Any]) -> dict[str, MachineState]:
