@@ -73,14 +73,16 @@ class ArtifactSet:
 
 
 @contextlib.contextmanager
-def _exclusive(cache: Cache) -> Iterator[None]:
-    """One build per cache at a time; the holder may sweep tmp/ safely."""
+def _exclusive(cache: Cache, version: str) -> Iterator[None]:
+    """One build per release and cache at a time (builds of two releases may run
+    together: shared steps land atomically, by content)."""
     cache.ensure()
-    with open(cache.root / ".build.lock", "w") as f:
+    path = cache.root / f".build-{version}.lock"
+    with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ArtifactError(f"another artifact build holds {cache.root}/.build.lock; "
+            raise ArtifactError(f"another build of {version} holds {path}; "
                                 "wait for it to finish") from None
         cache.sweep_tmp()
         yield
@@ -115,7 +117,7 @@ def build(version: str | None = None, progress: Progress | None = None, *,
     log_dir = log_dir or cache.root / "logs"
     timings: dict[str, float] = {}
     produced: list[LockEntry] = []
-    with _exclusive(cache):
+    with _exclusive(cache, rel.kubernetes):
         t0 = time.monotonic()
         try:
             goversion = gobuild.go_version()
@@ -138,8 +140,8 @@ def build(version: str | None = None, progress: Progress | None = None, *,
                 say(f"{prog.step}: cached")
             for name, info in rec["files"].items():
                 binaries[name] = info["sha256"]
-                produced.append(LockEntry(name, "binary", info["version"], info["source"],
-                                          info["sha256"]))
+                produced.append(LockEntry(name, "binary", info["version"],
+                                          prog.source_of(name), info["sha256"]))
             timings[f"go-{prog.step}"] = round(time.monotonic() - t, 1)
         locks.verify(lock, produced, update=update_lock)
 

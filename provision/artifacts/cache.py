@@ -84,19 +84,29 @@ class Cache:
             )
 
     def sweep_tmp(self) -> None:
-        """Remove leftovers of interrupted builds (only ours: everything under tmp/)."""
-        if self.tmp.exists():
-            for entry in self.tmp.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        """Remove leftovers of interrupted builds: tmp/ entries (named
+        ``<what>.<pid>.<random>``) whose process is gone. A concurrent build's
+        work in progress (its pid alive) is left alone."""
+        if not self.tmp.exists():
+            return
+        for entry in self.tmp.iterdir():
+            parts = entry.name.split(".")
+            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def _tmpname(self, what: str) -> str:
+        return f"{what}.{os.getpid()}."
 
     @contextlib.contextmanager
     def workdir(self, prefix: str) -> Iterator[Path]:
         """A scratch directory on the cache's filesystem, removed afterwards."""
         self.ensure()
-        d = Path(tempfile.mkdtemp(prefix=prefix + ".", dir=self.tmp))
+        d = Path(tempfile.mkdtemp(prefix=self._tmpname(prefix), dir=self.tmp))
         try:
             yield d
         finally:
@@ -119,7 +129,7 @@ class Cache:
                 src.unlink()
             return digest
         executable = os.access(src, os.X_OK)
-        fd, tmpname = tempfile.mkstemp(prefix="blob.", dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("blob"), dir=self.tmp)
         os.close(fd)
         tmp = Path(tmpname)
         try:
@@ -142,7 +152,7 @@ class Cache:
         dest = self.blob_path(digest)
         if dest.is_file():
             return digest
-        fd, tmpname = tempfile.mkstemp(prefix="blob.", dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("blob"), dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -177,7 +187,7 @@ class Cache:
                 raise ValueError(f"record {step}/{key} names missing blob {digest}")
         p = self._record_path(step, key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmpname = tempfile.mkstemp(prefix="record.", dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("record"), dir=self.tmp)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
@@ -195,6 +205,16 @@ class Cache:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(dirpath, name)).st_size
         return total
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _digests(record: dict) -> list[str]:

@@ -56,10 +56,15 @@ class GoProgram:
 
     def source_of(self, binary: str) -> str:
         pkg = dict(self.packages)[binary]
-        if pkg.startswith("./"):
-            pkg = self.module + pkg[1:] if pkg != "./" and pkg != "." else self.module
+        if self.strategy == "wrapper" and pkg == ".":
+            # our own small program (pause, crictl) kept in this repository
+            where = f"repo:provision/artifacts/{Path(self.wrapper).name}"
+            return where if self.module.startswith("provision.local/") else \
+                f"{where} on {self.module}@{self.version}"
         if pkg == ".":
             pkg = self.module
+        elif pkg.startswith("./"):
+            pkg = self.module + pkg[1:]
         return f"go:{pkg}@{self.version}"
 
 

@@ -144,7 +144,7 @@ class Layer:
 def write_layer(spec: LayerSpec, store) -> Layer:
     """Write the layer gzip into ``store`` (a ``Cache``); return its digests."""
     store.ensure()
-    fd, name = tempfile.mkstemp(prefix="layer.", suffix=".tar.gz", dir=store.tmp)
+    fd, name = tempfile.mkstemp(prefix=f"layer.{os.getpid()}.", suffix=".tar.gz", dir=store.tmp)
     try:
         with os.fdopen(fd, "wb") as raw:
             gz_hash = _HashingWriter(raw)

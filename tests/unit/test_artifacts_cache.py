@@ -115,3 +115,16 @@ def test_old_go_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(gobuild.subprocess, "run", lambda *a, **k: Done)
     with pytest.raises(ToolchainMissing, match="too old"):
         gobuild.go_version()
+
+
+def test_sweep_keeps_work_of_live_builds_and_removes_dead_ones(store):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (store.tmp / f"go-kubernetes.{dead.pid}.abc").mkdir()
+    (store.tmp / f"blob.{dead.pid}.xyz").write_text("half")
+    live = store.tmp / "images.1.keep"  # pid 1 is alive
+    live.mkdir()
+    store.sweep_tmp()
+    assert [p.name for p in store.tmp.iterdir()] == ["images.1.keep"]
