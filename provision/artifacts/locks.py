@@ -61,7 +61,8 @@ def load(version: str, lock_dir: Path | None = None) -> Lock | None:
         return None
     try:
         data = yaml.safe_load(p.read_text()) or {}
-        entries = [LockEntry(**e) for e in data.get("artifacts", [])]
+        entries = [LockEntry(**{k: (v if k == "image" else str(v)) for k, v in e.items()})
+                   for e in data.get("artifacts", [])]
     except (yaml.YAMLError, TypeError) as e:
         raise ArtifactError(f"lock file {p} is not valid: {e}") from e
     if data.get("kubernetes") != version:
