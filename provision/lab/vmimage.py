@@ -1,20 +1,20 @@
 """VM disk images for the libvirt provider, built offline from a recipe in ``images/``.
 
-A VM recipe is an image recipe (see ``provision.lab.image``) whose ``recipe.toml``
-says ``kind = "vm"``. Building one reuses the node-image builder for the rootfs
-(debootstrap from Debian's packages, the recipe's ``rootfs/`` overlay, its
-``customize.sh``), then turns that rootfs into a bootable disk:
+A VM recipe is an image recipe (same layout and cache key as ``provision.lab.image``:
+``recipe.toml``, ``rootfs/`` overlay, ``customize.sh``) whose ``recipe.toml`` says
+``kind = "vm"``. Its rootfs is bootstrapped from Debian's packages with mmdebstrap
+(apt resolves the dependencies of --include, which debootstrap gets wrong for
+cloud-init), customized in a chroot, then written into a disk:
 
     <cache>/images/<recipe>-<hash>/
-        rootfs/            the bootstrapped tree (shared step with lab images)
-        disk/root.qcow2    ext4 filesystem labelled "root" (mkfs.ext4 -d), as qcow2
-        disk/vmlinuz       the recipe's kernel and initrd, booted directly by libvirt
-        disk/initrd.img    (no partition table, no boot loader to install)
-        disk/image.json    digest, kernel command line, sizes
+        root.qcow2     ext4 filesystem labelled "root" (mkfs.ext4 -d), as qcow2
+        vmlinuz        the recipe's kernel and initrd, booted directly by libvirt
+        initrd.img     (no partition table and no boot loader to install)
+        image.json     digest, kernel command line, size, build seconds
 
 The hash covers every file of the recipe, so editing it rebuilds and anything else
-reuses. ``disk/`` is built in a temporary directory and renamed into place: a crashed
-build never leaves a half image where a finished one is expected.
+reuses. The directory is built under a temporary name and renamed into place: a
+crashed build never leaves a half image where a finished one is expected.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class VMRecipe:
 
     @property
     def disk_dir(self) -> Path:
-        return self.recipe.cache_dir / "disk"
+        return self.recipe.cache_dir
 
     def is_built(self) -> bool:
         return (self.disk_dir / "image.json").is_file()
@@ -118,12 +118,12 @@ def find_recipe(name: str) -> VMRecipe:
 def build_requirements() -> list[str]:
     """What building a VM image needs that this host lacks (empty: all there)."""
     missing = []
-    for tool, pkg in (("debootstrap", "debootstrap"), ("mkfs.ext4", "e2fsprogs"),
+    for tool, pkg in (("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs"),
                       ("qemu-img", "qemu-utils")):
         if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
             missing.append(f"{tool} (apt-get install {pkg})")
     if os.geteuid() != 0:
-        missing.append("root (debootstrap, chroot)")
+        missing.append("root (mmdebstrap, chroot)")
     return missing
 
 
@@ -142,28 +142,46 @@ def ensure_vm_image(name: str, log: Callable[[str], None] | None = None) -> VMIm
         missing = build_requirements()
         if missing:
             raise ProviderError("building the VM image needs: " + ", ".join(missing))
-        rootfs = image.ensure_image(vr.name, say)
-        _build_disk(vr, rootfs, say)
+        _build(vr, say)
     return vr.built()
 
 
-def _build_disk(vr: VMRecipe, rootfs: Path, say: Callable[[str], None]) -> None:
+def _build(vr: VMRecipe, say: Callable[[str], None]) -> None:
     final = vr.disk_dir
-    tmp = final.with_name(f".disk.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     remove_tree(tmp)
     tmp.mkdir(parents=True)
     logfile = tmp / "build.log"
     started = time.monotonic()
+    r = vr.recipe
     try:
-        say(f"building VM disk {vr.name}-{vr.digest} ({vr.size >> 20} MiB ext4 -> qcow2)")
+        rootfs = tmp / "rootfs"
+        say(f"building VM image {vr.name}-{vr.digest} (mmdebstrap {r.suite}, "
+            f"{len(r.packages)} packages)")
+        # mmdebstrap resolves --include with apt (debootstrap cannot configure
+        # cloud-init's Python dependencies in the right order).
+        _run(["nice", "-n", "10", "mmdebstrap", "--mode=root", f"--variant={r.variant}",
+              f"--include={','.join(r.packages)}", r.suite, str(rootfs), r.mirror], logfile)
+        overlay = r.path / "rootfs"
+        if overlay.is_dir():
+            shutil.copytree(overlay, rootfs, symlinks=True, dirs_exist_ok=True)
+        customize = r.path / "customize.sh"
+        if customize.is_file():
+            shutil.copy2(customize, rootfs / "customize.sh")
+            try:
+                _run(["nice", "-n", "10", "chroot", str(rootfs), "/bin/sh", "/customize.sh"],
+                     logfile)
+            finally:
+                (rootfs / "customize.sh").unlink(missing_ok=True)
         boot = rootfs / "boot"
         kernels = sorted(boot.glob("vmlinuz-*"))
         initrds = sorted(boot.glob("initrd.img-*"))
         if not kernels or not initrds:
-            raise ProviderError(f"the VM recipe {vr.recipe.path} installed no kernel/initrd "
-                                f"in {boot}: add linux-image-cloud-amd64 to its packages")
+            raise ProviderError(f"the VM recipe {r.path} installed no kernel/initrd in "
+                                f"{boot}: add linux-image-cloud-amd64 to its packages")
         shutil.copyfile(kernels[-1], tmp / "vmlinuz")
         shutil.copyfile(initrds[-1], tmp / "initrd.img")
+        say(f"writing the root filesystem ({vr.size >> 20} MiB ext4 -> qcow2)")
         raw = tmp / "root.raw"
         with open(raw, "wb") as f:
             f.truncate(vr.size)
@@ -172,16 +190,17 @@ def _build_disk(vr: VMRecipe, rootfs: Path, say: Callable[[str], None]) -> None:
         _run(["nice", "-n", "10", "qemu-img", "convert", "-f", "raw", "-O", "qcow2",
               str(raw), str(tmp / "root.qcow2")], logfile)
         raw.unlink()
+        remove_tree(rootfs)  # the disk holds it now
         meta = {"recipe": vr.name, "digest": vr.digest, "cmdline": vr.cmdline,
                 "size": vr.size, "kernel": kernels[-1].name,
                 "seconds": round(time.monotonic() - started, 1)}
         (tmp / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
-        remove_tree(final)
+        remove_tree(final)  # a stale, unfinished image under the final name
         os.rename(tmp, final)
-        say(f"VM image ready: {final}")
+        say(f"VM image ready in {meta['seconds']}s: {final}")
     except BaseException:
         if logfile.exists():
-            shutil.copyfile(logfile, final.with_name("disk.failed.log"))
+            shutil.copyfile(logfile, final.with_name(f"{final.name}.failed.log"))
         remove_tree(tmp)
         raise
 

@@ -94,6 +94,7 @@ def problem(inv: Any, path: str, message: str, hint: str | None = None,
 _REGISTRY: dict[str, str] = {
     "local": "provision.providers.local:LocalProvider",
     "static": "provision.providers.static:StaticProvider",
+    "libvirt": "provision.providers.libvirt:LibvirtProvider",
 }
 _INSTANCES: dict[str, Provider] = {}
 
