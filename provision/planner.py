@@ -137,7 +137,14 @@ class _Etcd:
 
     def __init__(self, members: dict[str, bool]) -> None:
         self.members = dict(members)
-        self.changed = False
+        self.moves: list[tuple[int, int]] = []  # (before, after), one per add/remove
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.moves)
+
+    def _moved(self, before: int) -> None:
+        self.moves.append((before, len(self.members)))
 
     def healthy(self) -> int:
         return sum(self.members.values())
@@ -157,7 +164,7 @@ class _Etcd:
                     f"healthy, and etcd refuses to add a member while any is down "
                     f"({n} members, {self.healthy()} healthy); repair or remove them first")
         self.members[name] = True
-        self.changed = True
+        self._moved(n)
         return None
 
     def remove(self, name: str) -> str | None:
@@ -171,7 +178,7 @@ class _Etcd:
                     f"remain with {after_healthy} healthy, and {quorum(n - 1)} are needed; "
                     "repair the unhealthy members first")
         del self.members[name]
-        self.changed = True
+        self._moved(n)
         return None
 
 
@@ -194,10 +201,18 @@ class _Planner:
         # control-plane nodes Kubernetes knows, as they would be after each step
         self.cps = {n for n, k in obs.k8s_nodes.items() if k.is_control_plane}
         self.replaced: set[str] = set()
+        self.moves_seen = 0
 
     # --- helpers ------------------------------------------------------------------
 
     def act(self, kind: str, node: str, reason: str, **details: Any) -> None:
+        # Say how the etcd membership moves with this action (the table's reader
+        # checks the quorum math at a glance).
+        moves = self.etcd.moves[self.moves_seen:]
+        self.moves_seen = len(self.etcd.moves)
+        if moves:
+            counts = [moves[0][0], *(after for _, after in moves)]
+            reason = f"{reason} (etcd {' -> '.join(map(str, counts))} members)"
         self.plan_.actions.append(Action(kind, node, reason, details))
 
     def refuse(self, message: str) -> None:
@@ -343,8 +358,6 @@ class _Planner:
                 steps.append(f"etcd member remove {member.member_id} (the old member)")
             if name in self.obs.k8s_nodes:
                 steps.append("kubectl delete node (the old Node object)")
-            if "control-plane" in self.roles(name):
-                steps.append("remove its backend from every load balancer until it rejoins")
             steps.append("release the old machine" if state != "missing"
                          else "create a new machine")
             if state != "missing":
@@ -595,8 +608,8 @@ class _Planner:
             self.refuse(
                 f"removing {gone} in one edit takes etcd from {before} members to 1 ({end}): "
                 "on the way it has 2 members (an even count: either failing loses quorum) "
-                "and it ends tolerating no failure; remove one member per edit down to 3, "
-                "or pass --force to accept a single-member etcd")
+                "and it ends tolerating no failure; keep at least 3 members, or pass "
+                "--force to accept a single-member etcd")
 
 
 __all__ = ["KINDS", "MEMBERSHIP_KINDS", "Action", "Plan", "natural_key", "plan_changes",

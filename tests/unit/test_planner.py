@@ -165,7 +165,8 @@ KUBECTL_NODES = {
                 "addresses": [{"address": "10.250.0.11", "type": "InternalIP"},
                               {"address": "cp-1", "type": "Hostname"}],
                 "conditions": [
-                    {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                    {"type": "MemoryPressure", "status": "False",
+                     "reason": "KubeletHasSufficientMemory"},
                     {"type": "DiskPressure", "status": "False"},
                     {"type": "PIDPressure", "status": "False"},
                     {"type": "Ready", "status": "True", "reason": "KubeletReady",
