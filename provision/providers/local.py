@@ -223,7 +223,11 @@ class LocalProvider:
             raise ProvidersInvalid(self.name, problems)
         if not nodes:
             return
-        rootfs = image.ensure_image(_image_name(inv), lambda m: say("*", m))
+        def image_progress(message: str) -> None:
+            for n in nodes:
+                say(n.name, message)
+
+        rootfs = image.ensure_image(_image_name(inv), image_progress)
         paths = self.paths(inv)
         ensure_cluster_keypair(paths)
         self._ensure_lab(inv)
@@ -251,16 +255,25 @@ class LocalProvider:
         self._stop(self.layout(inv, node), self.stop_timeout)
 
     def observe(self, inv: Any, nodes: Sequence[Any]) -> dict[str, MachineState]:
+        """Nodes may be Node objects or names (e.g. from ``known_nodes``)."""
         out = {}
         for node in nodes:
             lay = self.layout(inv, node)
             if lay.pid() is not None:
-                out[node.name] = MachineState.RUNNING
+                out[lay.node] = MachineState.RUNNING
             elif lay.meta.exists():
-                out[node.name] = MachineState.STOPPED
+                out[lay.node] = MachineState.STOPPED
             else:
-                out[node.name] = MachineState.MISSING
+                out[lay.node] = MachineState.MISSING
         return out
+
+    def known_nodes(self, inv: Any) -> list[str]:
+        """Every lab machine this cluster has on disk, in the inventory or not any more
+        (for plan: machines to release after a node was removed from the inventory)."""
+        machines = self.paths(inv).machines_dir
+        if not machines.is_dir():
+            return []
+        return sorted(d.name for d in machines.iterdir() if (d / "node.json").exists())
 
     def destroy(self, inv: Any, nodes: Sequence[Any]) -> None:
         paths = self.paths(inv)
