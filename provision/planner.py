@@ -47,6 +47,12 @@ REMOVE_ETCD_MEMBER = "remove-etcd-member"
 RELEASE_MACHINE = "release-machine"
 NOTHING = "nothing"
 
+# How a joining node's etcd member comes to be (Action.details["etcd"]).
+BOOTSTRAP = "bootstrap a new etcd cluster"
+MEMBER_ADD = "member add"
+RESUME_MEMBER = "added by an earlier run: start it"
+ALREADY_MEMBER = "already a member"
+
 KINDS = (CREATE_MACHINE, START_MACHINE, REPLACE_NODE, ADD_ETCD_MEMBER, JOIN_CONTROL_PLANE,
          JOIN_WORKER, UPDATE_LOAD_BALANCER, DRAIN_AND_REMOVE_WORKER, REMOVE_CONTROL_PLANE,
          REMOVE_ETCD_MEMBER, RELEASE_MACHINE, NOTHING)
@@ -255,6 +261,10 @@ class _Planner:
                 f"members healthy ({_names(n for n, ok in self.etcd.members.items() if ok)}"
                 f" of {_names(self.etcd.members)}); no membership change can be committed. "
                 "Restore from a backup (docs/operations.md, \"Backup and restore\")")
+        if self.cps and self.obs.reachable & self.cps and self.obs.vip_holder is None:
+            self.warn("no control-plane node holds the API virtual IP "
+                      f"{self.inv.control_plane.virtual_ip}; `up` re-converges the api-lb "
+                      "stage")
         self.machines()
         self.repairs()
         if self.dedicated:
@@ -385,15 +395,25 @@ class _Planner:
                 continue
             if self.skip_unreachable(name, "its etcd member is not added"):
                 continue
-            bootstrap = not self.etcd.members
-            refusal = self.etcd.add(name)
-            if refusal:
-                self.refuse(refusal)
-            reason = ("first etcd member: starts a new etcd cluster" if bootstrap
+            how = self.join_etcd(name, "")
+            reason = ("first etcd member: starts a new etcd cluster" if how == BOOTSTRAP
                       else "new etcd member in the inventory")
-            self.act(ADD_ETCD_MEMBER, name, reason, bootstrap=bootstrap,
-                     member_add=not bootstrap and name not in self.obs.etcd_members,
-                     wait_healthy=True, api_servers=self.api_servers())
+            self.act(ADD_ETCD_MEMBER, name, reason, etcd=how, bootstrap=how == BOOTSTRAP,
+                     member_add=how == MEMBER_ADD, wait_healthy=True,
+                     api_servers=self.api_servers())
+
+    def join_etcd(self, name: str, context: str) -> str:
+        """Plan one member joining; returns how (BOOTSTRAP, MEMBER_ADD, RESUME_MEMBER)."""
+        member = self.obs.etcd_members.get(name)
+        if member is not None and not member.started:
+            # added by a run that stopped before the member started: start it, no add
+            self.etcd.members[name] = True
+            return RESUME_MEMBER
+        bootstrap = not self.etcd.members
+        refusal = self.etcd.add(name)
+        if refusal:
+            self.refuse(f"{context}{refusal}")
+        return BOOTSTRAP if bootstrap else MEMBER_ADD
 
     def need_etcd_add(self, name: str) -> bool:
         member = self.obs.etcd_members.get(name)
@@ -420,29 +440,18 @@ class _Planner:
                 continue
             if self.skip_unreachable(name, "it is not joined"):
                 continue
-            if in_k8s:  # a control-plane node that lost its co-located etcd member
-                refusal = self.etcd.add(name)
-                if refusal:
-                    self.refuse(refusal)
+            if in_k8s:  # a control-plane node without its co-located etcd member
+                how = self.join_etcd(name, "")
                 self.act(ADD_ETCD_MEMBER, name, "control-plane node without its etcd member",
-                         bootstrap=False, member_add=name not in self.obs.etcd_members,
+                         etcd=how, bootstrap=how == BOOTSTRAP, member_add=how == MEMBER_ADD,
                          wait_healthy=True, api_servers=self.api_servers())
                 continue
             init = not self.cps and not joined
-            etcd: str = "dedicated"
+            etcd = "dedicated"
             if not self.dedicated:
-                member = self.obs.etcd_members.get(name)
-                if member is not None and not member.started:
-                    etcd = "added by an earlier run: start it"
-                    self.etcd.members[name] = True
-                elif member is not None:
-                    etcd = "already a member"
-                else:
-                    bootstrap = not self.etcd.members
-                    refusal = self.etcd.add(name)
-                    if refusal:
-                        self.refuse(f"joining control-plane node {name}: {refusal}")
-                    etcd = "bootstrap a new etcd cluster" if bootstrap else "member add"
+                etcd = (ALREADY_MEMBER if name in self.obs.etcd_members
+                        and self.obs.etcd_members[name].started
+                        else self.join_etcd(name, f"joining control-plane node {name}: "))
             reason = ("first control-plane node: kubeadm init" if init else
                       "control-plane node in the inventory, not in the cluster")
             self.act(JOIN_CONTROL_PLANE, name, reason, init=init, etcd=etcd,

@@ -825,3 +825,37 @@ def test_docs_describe_every_action_kind():
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     for kind in KINDS:
         assert f"`{kind}`" in text, kind
+
+
+def test_crash_after_dedicated_member_add_starts_it_without_adding_again(inv):
+    obs = dedicated_cluster()
+    obs.machines["etcd-4"] = "running"
+    obs.reachable.add("etcd-4")
+    obs.etcd_members["etcd-4"] = EtcdMember("", "https://10.250.0.34:2380", "", False, "e4")
+    five = inv(cps=("cp-1", "cp-2"), etcd=tuple(f"etcd-{n}" for n in range(1, 6)), workers=1)
+    plan = plan_changes(five, obs)
+    assert plan.ok, plan.refusals
+    assert kinds(plan) == [(CREATE_MACHINE, "etcd-5"), (ADD_ETCD_MEMBER, "etcd-4"),
+                           (ADD_ETCD_MEMBER, "etcd-5")]
+    resumed = action(plan, ADD_ETCD_MEMBER, "etcd-4")
+    assert not resumed.details["member_add"]
+    assert resumed.details["etcd"] == "added by an earlier run: start it"
+    # etcd 5 members after: the reason of the second add says so
+    assert action(plan, ADD_ETCD_MEMBER, "etcd-5").reason.endswith("(etcd 4 -> 5 members)")
+
+
+def test_control_plane_without_its_etcd_member_gets_it_back(inv):
+    obs = cluster()
+    del obs.etcd_members["cp-3"]
+    plan = plan_changes(inv(), obs)
+    assert plan.ok, plan.refusals
+    assert kinds(plan) == [(ADD_ETCD_MEMBER, "cp-3")]
+    assert plan.actions[0].details["member_add"]
+    assert plan.actions[0].reason.endswith("(etcd 2 -> 3 members)")
+
+
+def test_nobody_holding_the_vip_is_reported(inv):
+    plan = plan_changes(inv(), cluster(vip=None))
+    assert kinds(plan) == [(NOTHING, "-")]
+    assert any("no control-plane node holds the API virtual IP 10.250.0.10" in w
+               for w in plan.warnings)
