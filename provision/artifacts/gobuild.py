@@ -213,7 +213,7 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
     env.update(dict(prog.extra_env))
     env["GOFLAGS"] = f"-mod={prog.mod_mode}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"go-{prog.step}.log"
+    log = log_dir / f"go-{prog.step}-{prog.version}.log"
     log.write_text("")
     progress(f"{prog.step}: building {prog.module}@{prog.version} "
              f"({', '.join(b for b, _ in prog.packages)}); log {log}")
@@ -226,7 +226,7 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
         else:
             mdir = module_dir(prog.module, prog.version, env, log, work)
             shutil.copytree(mdir, src, symlinks=True)
-            for dirpath, dirs, files in os.walk(src):
+            for dirpath, _dirs, files in os.walk(src):
                 os.chmod(dirpath, 0o755)
                 for fn in files:
                     p = os.path.join(dirpath, fn)

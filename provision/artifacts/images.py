@@ -138,7 +138,7 @@ def build_images(rel: versions.Release, binaries: dict[str, str], image_debs: di
     with cache.workdir("images") as work:
         base = oci.write_layer(base_layer(_ca_bundle(cache.blob_path(ca_deb_sha), work)), cache)
         tool_paths = []
-        for name, info in sorted(image_debs.items()):
+        for _name, info in sorted(image_debs.items()):
             p = work / info["filename"]
             os.link(cache.blob_path(info["sha256"]), p)
             tool_paths.append(p)

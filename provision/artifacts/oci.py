@@ -62,7 +62,9 @@ class LayerSpec:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             rel = Path(dirpath).relative_to(root)
-            base = PurePosixPath(prefix) / rel.as_posix() if str(rel) != "." else PurePosixPath(prefix)
+            base = PurePosixPath(prefix)
+            if str(rel) != ".":
+                base = base / rel.as_posix()
             if str(rel) != ".":
                 self.dirs[str(base)] = os.lstat(dirpath).st_mode & 0o7777
             for name in dirnames + filenames:

@@ -285,10 +285,8 @@ class ArtifactServer:
             if proc.poll() is None:
                 # nginx: QUIT is a graceful shutdown of master and workers.
                 sig = signal.SIGQUIT if name == "nginx" else signal.SIGTERM
-                try:
+                with _suppress():
                     os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:

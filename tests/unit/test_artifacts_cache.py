@@ -97,7 +97,8 @@ def test_check_space(store, monkeypatch):
 
 
 def test_recipe_key_is_order_independent():
-    assert cache_mod.recipe_key({"a": 1, "b": [1, 2]}) == cache_mod.recipe_key({"b": [1, 2], "a": 1})
+    key = cache_mod.recipe_key
+    assert key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})
     assert cache_mod.recipe_key({"a": 1}) != cache_mod.recipe_key({"a": 2})
 
 

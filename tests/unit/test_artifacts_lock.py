@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from provision.artifacts import build
-from provision.artifacts import locks, versions
+from provision.artifacts import build, locks, versions
 from provision.artifacts.errors import ArtifactError, ChecksumMismatch, UnsupportedVersion
-from provision.errors import EXIT_BAD_INPUT
 from provision.artifacts.locks import Lock, LockEntry
+from provision.errors import EXIT_BAD_INPUT
 
 A = "a" * 64
 B = "b" * 64
@@ -23,8 +22,8 @@ def _lock(tmp_path, sha=A):
 
 def test_roundtrip(tmp_path):
     lock = _lock(tmp_path)
-    lock.entries.append(LockEntry("deb/iptables", "deb", "1.8.9-2", "debian:bookworm/iptables=1.8.9-2",
-                                  B, image=True))
+    lock.entries.append(LockEntry("deb/iptables", "deb", "1.8.9-2",
+                                  "debian:bookworm/iptables=1.8.9-2", B, image=True))
     locks.save(lock)
     again = locks.load("v1.37.2", tmp_path)
     assert again.entries == lock.entries

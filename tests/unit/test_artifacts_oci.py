@@ -93,7 +93,8 @@ def test_layout_blobs_are_named_by_their_content(tmp_path, store):
     assert json.loads((dest / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads((dest / "index.json").read_text())
     (entry,) = index["manifests"]
-    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "registry.k8s.io/pause:3.10.2"
+    ref = entry["annotations"]["org.opencontainers.image.ref.name"]
+    assert ref == "registry.k8s.io/pause:3.10.2"
     blobs = list((dest / "blobs" / "sha256").iterdir())
     assert len(blobs) == 3
     for b in blobs:
