@@ -40,6 +40,7 @@ class Recipe:
     mirror: str
     packages: tuple[str, ...]
     names: tuple[str, ...]
+    kind: str = "rootfs"  # "rootfs": a directory nspawn boots; other kinds (vm) build on it
 
     @property
     def digest(self) -> str:
@@ -78,11 +79,13 @@ def _load(path: Path) -> Recipe:
         mirror=data.get("mirror", "http://deb.debian.org/debian"),
         packages=tuple(data.get("packages", ())),
         names=tuple(data.get("names", ())) + (path.name,),
+        kind=data.get("kind", "rootfs"),
     )
 
 
-def available() -> dict[str, Recipe]:
-    """Every image name the recipes answer to (``debian-12`` -> images/node)."""
+def available(kind: str | None = None) -> dict[str, Recipe]:
+    """Every image name the recipes (of ``kind``, or all) answer to (``debian-12`` ->
+    images/node for rootfs). Every recipe is listed at least under its directory name."""
     out: dict[str, Recipe] = {}
     root = recipes_dir()
     if not root.is_dir():
@@ -90,13 +93,15 @@ def available() -> dict[str, Recipe]:
     for d in sorted(root.iterdir()):
         if (d / "recipe.toml").is_file():
             r = _load(d)
+            if kind is not None and r.kind != kind:
+                continue
             for n in r.names:
                 out.setdefault(n, r)
     return out
 
 
-def find_recipe(image: str) -> Recipe:
-    recipes = available()
+def find_recipe(image: str, kind: str = "rootfs") -> Recipe:
+    recipes = available(kind)
     if image not in recipes:
         known = ", ".join(sorted(recipes)) or "none"
         raise BadInput(
