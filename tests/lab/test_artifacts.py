@@ -120,3 +120,55 @@ def test_image_manifests_are_served_under_upstream_names(namespaces, served):
         assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
         assert f"sha256:{aset.images[ref]}" in head  # Docker-Content-Digest
         assert hashlib.sha256(body.encode()).hexdigest() == aset.images[ref]
+
+
+def test_crictl_pulls_through_the_mirror(namespaces, served, tmp_path):
+    """containerd from the pinned Debian package, configured with the documented
+    hosts.toml files, pulls upstream image names through the mirror; our crictl drives it."""
+    import signal
+    import time
+
+    from provision.artifacts import debs
+    from provision.artifacts.serve import MIRRORED_REGISTRIES, hosts_toml
+
+    _srv, cli = namespaces
+    aset, server = served
+    root = tmp_path / "root"
+    debs.extract([a.path for a in aset.artifacts if a.name in ("deb/containerd", "deb/runc")],
+                 root)
+    certs = tmp_path / "certs.d"
+    for upstream in MIRRORED_REGISTRIES:
+        (certs / upstream).mkdir(parents=True)
+        (certs / upstream / "hosts.toml").write_text(hosts_toml(upstream, server.registry))
+    sock = tmp_path / "run" / "containerd.sock"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'version = 2\nroot = "{tmp_path}/var"\nstate = "{tmp_path}/run"\n'
+        f'[grpc]\n  address = "{sock}"\n'
+        f'[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{certs}"\n')
+    env = dict(os.environ, PATH=f"{root}/usr/bin:{root}/usr/sbin:{os.environ['PATH']}")
+    with open(tmp_path / "containerd.log", "wb") as log:
+        ctrd = subprocess.Popen(["ip", "netns", "exec", cli, f"{root}/usr/bin/containerd",
+                                 "--config", str(config)], stdout=log, stderr=log, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        crictl = [str(aset.binary("crictl")), "-r", f"unix://{sock}"]
+        rel = versions.release(aset.kubernetes)
+        for ref in (f"registry.k8s.io/pause:{rel.pause}",
+                    f"ghcr.io/flannel-io/flannel:{versions.FLANNEL_VERSION}"):
+            r = subprocess.run(["ip", "netns", "exec", cli, *crictl, "pull", ref],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr + (tmp_path / "containerd.log").read_text()[-2000:]
+        images = subprocess.run(["ip", "netns", "exec", cli, *crictl, "images"],
+                                capture_output=True, text=True, timeout=60).stdout
+        assert "registry.k8s.io/pause" in images and rel.pause in images
+    finally:
+        os.killpg(ctrd.pid, signal.SIGTERM)
+        try:
+            ctrd.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(ctrd.pid, signal.SIGKILL)
+            ctrd.wait(timeout=10)
