@@ -11,7 +11,7 @@ Python API (the CLI's `provision artifacts build|status` call these):
 See docs/artifacts.md.
 """
 
-from provision.artifacts.build import Artifact, ArtifactSet, ArtifactStatus, build, status
+from provision.artifacts.assemble import Artifact, ArtifactSet, ArtifactStatus, build, status
 from provision.artifacts.errors import (
     ArtifactError,
     ChecksumMismatch,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from provision.artifacts import oci
-from provision.artifacts.build import ArtifactSet
+from provision.artifacts.assemble import ArtifactSet
 from provision.artifacts.errors import ServeError
 
 T = TypeVar("T")
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     serve until interrupted."""
     import argparse
 
-    from provision.artifacts.build import build
+    from provision.artifacts.assemble import build
 
     ap = argparse.ArgumentParser(prog="python -m provision.artifacts.serve")
     ap.add_argument("--version", default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from provision.artifacts.build import Artifact, ArtifactSet
+from provision.artifacts.assemble import Artifact, ArtifactSet
 from provision.artifacts.cache import Cache
 from provision.artifacts.serve import NGINX_CONF, REGISTRY_CONF, ArtifactServer, hosts_toml
 
