@@ -34,7 +34,9 @@ ETCD_PEER_PORT = 2380
 # lines are named after the node (`server cp-1 10.250.0.11:6443 check`); an unknown
 # name is mapped back to a node through its address.
 ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
+KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"  # present once a node has joined
 HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+HAPROXY_API_BACKEND = "kube-apiserver"
 
 MACHINE_STATES = ("running", "stopped", "missing")
 UNSTARTED_PREFIX = "unstarted:"  # key of an added-but-never-started etcd member
@@ -260,6 +262,16 @@ def parse_haproxy_servers(text: str) -> list[HaproxyServer]:
     return servers
 
 
+def api_servers(servers: Sequence[HaproxyServer]) -> list[HaproxyServer]:
+    """The API backend's servers: the backend named HAPROXY_API_BACKEND when there is
+    one, else every server that is not on loopback (a stats or local service)."""
+    named = [s for s in servers if s.backend == HAPROXY_API_BACKEND]
+    if named:
+        return named
+    return [s for s in servers if not s.address.startswith("127.") and s.address != "::1"
+            and s.address != "localhost"]
+
+
 def backend_nodes(servers: Iterable[HaproxyServer], known: Iterable[str],
                   address_to_name: Mapping[str, str]) -> set[str]:
     """Node names of haproxy servers: by server name, else by address."""
@@ -281,6 +293,7 @@ def backend_nodes(servers: Iterable[HaproxyServer], known: Iterable[str],
 # and whether the VIP is here. Sections are fenced so outputs cannot be confused.
 _PROBE = (
     "echo @@reachable; "
+    "if [ -f {kubelet} ]; then echo @@joined; fi; "
     "if [ -r {cfg} ]; then echo @@haproxy; cat {cfg}; fi; "
     "echo @@vip; ip -o -4 addr show 2>/dev/null | grep -qwF {vip} && echo here; true"
 )
@@ -323,7 +336,8 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
     vip = str(inv.control_plane.virtual_ip)
 
     def probe(name: str) -> tuple[str, subprocess.CompletedProcess[str] | None, str]:
-        script = _PROBE.format(cfg=HAPROXY_CONFIG, vip=shlex.quote(vip))
+        script = _PROBE.format(cfg=HAPROXY_CONFIG, vip=shlex.quote(vip),
+                               kubelet=KUBELET_KUBECONFIG)
         try:
             return name, run(name, script), ""
         except (OSError, subprocess.SubprocessError) as exc:
@@ -331,6 +345,7 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         results = list(pool.map(probe, running))
+    joined: set[str] = set()
     for name, proc, error in results:
         if proc is None or proc.returncode != 0 or "@@reachable" not in proc.stdout:
             detail = error or (proc.stderr.strip() if proc else "") or "no answer"
@@ -340,8 +355,10 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
         parts = _sections(proc.stdout)
         if name in cps and "haproxy" in parts:
             obs.lb_backends[name] = backend_nodes(
-                parse_haproxy_servers(parts["haproxy"]), address_to_name.values(),
-                address_to_name)
+                api_servers(parse_haproxy_servers(parts["haproxy"])),
+                address_to_name.values(), address_to_name)
+        if "joined" in parts:
+            joined.add(name)
         if parts.get("vip", "").strip() == "here":
             obs.vip_holder = name
 
@@ -367,7 +384,20 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
     obs.etcd_members, obs.etcd_known = _ask_first(
         etcd_nodes, run, etcdctl_script(endpoints), parse_etcd, "etcdctl", obs.problems,
         none_exist(inv.etcd_members))
+    # "Nothing built yet" must be confirmed by every node: one that has joined a
+    # cluster no control-plane node of the inventory answers for (every one of them
+    # replaced in one edit, say) makes the membership unknown, never empty.
+    if joined and not obs.k8s_nodes:
+        obs.problems.append(f"{_names(joined)} joined a cluster, but no control-plane node "
+                            "of the inventory answers for it")
+        obs.k8s_known = False
+        if not obs.etcd_members:
+            obs.etcd_known = False
     return obs
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
 
 
 def _ask_first(nodes: Sequence[str], run: Runner, script: str,
@@ -403,8 +433,8 @@ def _ask_first(nodes: Sequence[str], run: Runner, script: str,
 
 __all__ = [
     "ADMIN_KUBECONFIG", "ETCD_CA_CERT", "ETCD_CLIENT_CERT", "ETCD_CLIENT_KEY",
-    "HAPROXY_CONFIG", "EtcdMember", "HaproxyServer", "K8sNode", "ObservationError",
-    "Observed", "backend_nodes", "etcd_members", "etcdctl_script", "kubectl_script",
-    "observe_cluster", "parse_etcd_endpoint_health", "parse_etcd_member_list",
-    "parse_haproxy_servers", "parse_kubectl_nodes",
+    "HAPROXY_API_BACKEND", "HAPROXY_CONFIG", "EtcdMember", "HaproxyServer", "K8sNode",
+    "ObservationError", "Observed", "api_servers", "backend_nodes", "etcd_members",
+    "etcdctl_script", "kubectl_script", "observe_cluster", "parse_etcd_endpoint_health",
+    "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes",
 ]

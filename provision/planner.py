@@ -274,7 +274,7 @@ class _Planner:
         self.worker_joins()
         self.removals()
         self.end_state_rules()
-        if not self.plan_.actions:
+        if not self.plan_.actions and not self.plan_.refusals:
             self.act(NOTHING, "-", f"the cluster matches the inventory ({len(self.order)} "
                      "nodes running, joined and Ready)")
         return self.plan_
@@ -355,7 +355,8 @@ class _Planner:
                     self.warn(f"{name}: the machine runs but does not answer over SSH; "
                               "the cluster still reports it healthy, so it is left alone")
                 k8s = self.obs.k8s_nodes.get(name)
-                if k8s is not None and not k8s.ready and not self.unreachable(name):
+                if k8s is not None and not k8s.ready and state == "running" \
+                        and not self.unreachable(name):
                     self.warn(f"{name} is NotReady in Kubernetes; `up` re-converges its "
                               "stages")
                 continue

@@ -17,6 +17,7 @@ from provision.observe_cluster import (
     EtcdMember,
     K8sNode,
     Observed,
+    api_servers,
     backend_nodes,
     etcd_members,
     etcdctl_script,
@@ -290,6 +291,7 @@ def test_parse_haproxy_servers():
     ]
     api = [s for s in servers if s.backend == "kube-apiserver"]
     # unknown server names map back to nodes through their address
+    assert api_servers(servers) == api
     assert backend_nodes(api, {"cp-1", "cp-2", "cp-3"},
                          {"10.250.0.11": "cp-1", "10.250.0.12": "cp-2",
                           "10.250.0.13": "cp-3"}) == {"cp-1", "cp-2", "cp-3"}
@@ -331,8 +333,9 @@ def test_observe_cluster_with_a_fake_runner(inv):
     obs = observe_cluster(i, machines, run)
     assert obs.reachable == {"cp-1", "cp-2"}
     assert obs.vip_holder == "cp-2"
-    assert obs.lb_backends == {"cp-1": {"cp-1", "cp-2", "cp-3", "local"},
-                               "cp-2": {"cp-1", "cp-2", "cp-3", "local"}}
+    # api-3 is cp-3's address; the stats section's loopback server is not a backend
+    assert obs.lb_backends == {"cp-1": {"cp-1", "cp-2", "cp-3"},
+                               "cp-2": {"cp-1", "cp-2", "cp-3"}}
     assert set(obs.k8s_nodes) == {"cp-1", "worker-1"} and obs.k8s_known
     assert set(obs.etcd_members) == {"cp-1", "cp-2", "unstarted:https://10.250.0.14:2380"}
     assert any("cp-3: unreachable" in p for p in obs.problems)
@@ -351,6 +354,30 @@ def test_observe_cluster_before_anything_is_built(inv):
     assert obs.k8s_known and obs.etcd_known and not obs.k8s_nodes and not obs.etcd_members
     none = observe_cluster(i, {}, run)
     assert none.k8s_known and none.etcd_known and not none.reachable
+
+
+def test_api_servers_without_the_named_backend_skip_loopback():
+    cfg = HAPROXY_CFG.replace("backend kube-apiserver", "backend apiservers")
+    servers = api_servers(parse_haproxy_servers(cfg))
+    assert [s.name for s in servers] == ["cp-1", "cp-2", "api-3"]
+
+
+def test_observe_cluster_joined_nodes_make_an_empty_answer_unknown(inv):
+    """Every control-plane node of the inventory is new, but a worker has joined a
+    cluster: that is not a cluster to build from scratch."""
+    i = inv(cps=("cp-4", "cp-5", "cp-6"), workers=1)
+
+    def run(node: str, script: str) -> subprocess.CompletedProcess[str]:
+        assert node == "worker-1"
+        return subprocess.CompletedProcess([], 0, "@@reachable\n@@joined\n@@vip\n", "")
+
+    obs = observe_cluster(i, {"worker-1": "running"}, run)
+    assert not obs.k8s_known and not obs.etcd_known
+    assert "worker-1 joined a cluster, but no control-plane node of the inventory answers " \
+        "for it" in obs.problems
+    plan = plan_changes(i, obs)
+    # machines may be made (harmless); no `kubeadm init` of a second cluster
+    assert {a.kind for a in plan.actions} == {CREATE_MACHINE}
 
 
 def test_observe_cluster_kubectl_failing_everywhere_is_unknown(inv):
