@@ -886,3 +886,30 @@ def test_nobody_holding_the_vip_is_reported(inv):
     assert kinds(plan) == [(NOTHING, "-")]
     assert any("no control-plane node holds the API virtual IP 10.250.0.10" in w
                for w in plan.warnings)
+
+
+def test_crash_inside_etcd_before_kubeadm_init(inv):
+    """Killed after cp-1's etcd bootstrapped, before kubeadm init."""
+    obs = Observed(machines=dict.fromkeys(["cp-1", "cp-2", "cp-3", "worker-1", "worker-2"],
+                                          "running"))
+    obs.reachable = set(obs.machines)
+    obs.etcd_members = {"cp-1": cluster().etcd_members["cp-1"]}
+    plan = plan_changes(inv(), obs)
+    assert plan.ok and not plan.fresh
+    assert kinds(plan) == [
+        (JOIN_CONTROL_PLANE, "cp-1"), (JOIN_CONTROL_PLANE, "cp-2"),
+        (JOIN_CONTROL_PLANE, "cp-3"), (JOIN_WORKER, "worker-1"), (JOIN_WORKER, "worker-2")]
+    first = action(plan, JOIN_CONTROL_PLANE, "cp-1")
+    assert first.details["init"] and first.details["etcd"] == "already a member"
+    assert action(plan, JOIN_CONTROL_PLANE, "cp-2").reason.endswith("(etcd 1 -> 2 members)")
+
+
+def test_crash_during_a_control_plane_join(inv):
+    """Killed after cp-3's etcd member started, during its kubeadm join."""
+    obs = cluster()
+    del obs.k8s_nodes["cp-3"]
+    plan = plan_changes(inv(), obs)
+    assert plan.ok
+    assert kinds(plan) == [(JOIN_CONTROL_PLANE, "cp-3")]
+    assert plan.actions[0].details["etcd"] == "already a member"
+    assert not plan.actions[0].details["init"]
