@@ -6,9 +6,10 @@ Pure: no I/O, the same input always gives the same plan. ``plan_changes`` decide
 Order (docs/operations.md explains each rule):
 
 1. machines: start stopped machines, create machines for new nodes (inventory order);
-2. repairs: ``replace-node`` for members whose machine is gone (or broken, with
-   ``--force``); the dead member leaves first (it is already lost, and etcd refuses to
-   add a member while one is down), then a new machine joins under the same name;
+2. repairs, for members whose machine is gone (or broken, with ``--force``): every
+   lost etcd member leaves first (``remove-etcd-member``; it is already lost, and etcd
+   refuses to add a member while one is down), then each ``replace-node`` makes a new
+   machine that joins under the same name;
 3. dedicated etcd members join, one at a time;
 4. control-plane nodes join, one at a time (co-located etcd: member add, then the new
    member must be healthy before the next step);
@@ -337,19 +338,21 @@ class _Planner:
             return 0 if "control-plane" not in roles and "etcd" in roles else (
                 1 if "control-plane" in roles else 2)
 
+        todo: list[tuple[str, str]] = []  # (node, reason)
         for name in sorted(self.order, key=lambda n: (phase(n), self.order.index(n))):
             if not self.in_cluster(name):
                 continue
             state = self.machine(name)
             if state == "missing":
-                reason = "its machine is gone but it is still a cluster member"
+                todo.append((name, "its machine is gone but it is still a cluster member"))
             elif self.broken(name):
-                if not self.force:
+                if self.force:
+                    todo.append((name, "its machine is broken (no SSH, not Ready) and "
+                                       "--force replaces it"))
+                else:
                     self.warn(f"{name}: the machine runs but answers neither SSH nor the "
                               "cluster; it is not replaced automatically (that destroys "
                               "its machine): fix it, or run with --force to replace it")
-                    continue
-                reason = "its machine is broken (no SSH, not Ready) and --force replaces it"
             else:
                 if self.unreachable(name):
                     self.warn(f"{name}: the machine runs but does not answer over SSH; "
@@ -359,20 +362,30 @@ class _Planner:
                         and not self.unreachable(name):
                     self.warn(f"{name} is NotReady in Kubernetes; `up` re-converges its "
                               "stages")
-                continue
+        # Every lost member leaves before any new one joins: it is already lost (no
+        # fault tolerance is given up), and etcd adds no member while one is down.
+        for name, _ in todo:
             member = self.obs.etcd_members.get(name)
+            if member is None:
+                continue
+            others = sorted(set(self.etcd.members) - {name}, key=natural_key)
+            refusal = self.etcd.remove(name)
+            if refusal:
+                self.refuse(f"replacing {name}: {refusal}")
+            self.act(REMOVE_ETCD_MEMBER, name,
+                     "its member is lost: it leaves before its replacement joins",
+                     etcd_member_id=member.member_id, keep_node=True,
+                     steps=[f"check etcd members {_names(others)} are healthy",
+                            f"etcd member remove {member.member_id}"],
+                     **self.reach(name))
+        for name, reason in todo:
+            state = self.machine(name)
             steps = []
-            if member is not None:
-                refusal = self.etcd.remove(name)
-                if refusal:
-                    self.refuse(f"replacing {name}: {refusal}")
-                steps.append(f"etcd member remove {member.member_id} (the old member)")
             if name in self.obs.k8s_nodes:
                 steps.append("kubectl delete node (the old Node object)")
-            steps.append("release the old machine" if state != "missing"
-                         else "create a new machine")
             if state != "missing":
-                steps.append("create a new machine")
+                steps.append("release the old machine")
+            steps.append("create a new machine")
             if self.etcd_role(name):
                 refusal = self.etcd.add(name)
                 if refusal:
@@ -384,7 +397,6 @@ class _Planner:
                 steps.append("kubeadm join")
             self.replaced.add(name)
             self.act(REPLACE_NODE, name, reason, roles=sorted(self.roles(name)),
-                     etcd_member_id=member.member_id if member else None,
                      steps=steps, api_servers=self.api_servers())
 
     def etcd_joins(self) -> None:

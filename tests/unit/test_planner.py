@@ -719,13 +719,34 @@ def test_missing_machine_of_a_member_is_replaced(inv):
                                           m.member_id)
     plan = plan_changes(inv(), obs)
     assert plan.ok, plan.refusals
-    assert kinds(plan) == [(REPLACE_NODE, "cp-2")]
-    steps = plan.actions[0].details["steps"]
     # the dead member leaves first (etcd refuses an add while a member is down)
-    assert steps[0] == f"etcd member remove {member_id('cp-2')} (the old member)"
-    assert steps.index("create a new machine") < steps.index(
-        "etcd member add, start it, wait until it is healthy")
-    assert steps[-1] == "kubeadm join --control-plane"
+    assert kinds(plan) == [(REMOVE_ETCD_MEMBER, "cp-2"), (REPLACE_NODE, "cp-2")]
+    remove = plan.actions[0]
+    assert remove.details["keep_node"] and remove.reason.endswith("(etcd 3 -> 2 members)")
+    assert remove.details["steps"] == ["check etcd members cp-1, cp-3 are healthy",
+                                       f"etcd member remove {member_id('cp-2')}"]
+    replace = plan.actions[1]
+    assert replace.reason.endswith("(etcd 2 -> 3 members)")
+    assert replace.details["steps"] == [
+        "kubectl delete node (the old Node object)", "create a new machine",
+        "etcd member add, start it, wait until it is healthy", "kubeadm join --control-plane"]
+
+
+def test_two_lost_members_of_five_both_leave_before_either_rejoins(inv):
+    obs = cluster(cps=("cp-1", "cp-2", "cp-3", "cp-4", "cp-5"))
+    for name in ("cp-2", "cp-4"):
+        obs.machines[name] = "missing"
+        obs.reachable.discard(name)
+        m = obs.etcd_members[name]
+        obs.etcd_members[name] = EtcdMember(m.name, m.peer_url, m.client_url, False,
+                                            m.member_id)
+    plan = plan_changes(inv(cps=("cp-1", "cp-2", "cp-3", "cp-4", "cp-5")), obs)
+    assert plan.ok, plan.refusals
+    assert kinds(plan) == [(REMOVE_ETCD_MEMBER, "cp-2"), (REMOVE_ETCD_MEMBER, "cp-4"),
+                           (REPLACE_NODE, "cp-2"), (REPLACE_NODE, "cp-4")]
+    assert [a.reason.rsplit("(", 1)[1] for a in plan.actions] == [
+        "etcd 5 -> 4 members)", "etcd 4 -> 3 members)", "etcd 3 -> 4 members)",
+        "etcd 4 -> 5 members)"]
 
 
 def test_missing_worker_machine_is_replaced(inv):
