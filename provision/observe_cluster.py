@@ -325,6 +325,16 @@ def etcdctl_script(endpoints: Sequence[str]) -> str:
             f"echo @@health; {base} endpoint health --cluster -w json 2>/dev/null; true")
 
 
+def ssh_runner(paths: Any, timeout: float = 30) -> Runner:
+    """``run(node, script)`` over the cluster's SSH configuration."""
+    from provision.executors.ssh import run_on_node
+
+    def run(node: str, script: str) -> subprocess.CompletedProcess[str]:
+        return run_on_node(paths, node, script, timeout=timeout)
+
+    return run
+
+
 def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
                     parallel: int = 8) -> Observed:
     """Ask the cluster. ``machines``: provider state per node (running|stopped|missing);
@@ -436,5 +446,5 @@ __all__ = [
     "HAPROXY_API_BACKEND", "HAPROXY_CONFIG", "EtcdMember", "HaproxyServer", "K8sNode",
     "ObservationError", "Observed", "api_servers", "backend_nodes", "etcd_members",
     "etcdctl_script", "kubectl_script", "observe_cluster", "parse_etcd_endpoint_health",
-    "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes",
+    "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes", "ssh_runner",
 ]

@@ -276,8 +276,9 @@ class _Planner:
         self.removals()
         self.end_state_rules()
         if not self.plan_.actions and not self.plan_.refusals:
-            self.act(NOTHING, "-", f"the cluster matches the inventory ({len(self.order)} "
-                     "nodes running, joined and Ready)")
+            self.act(NOTHING, "-", "the cluster matches the inventory" + (
+                "; see the warnings" if self.plan_.warnings else
+                f" ({len(self.order)} nodes running, joined and Ready)"))
         return self.plan_
 
     def unknown(self) -> Plan:
@@ -297,6 +298,14 @@ class _Planner:
 
     def check_roles(self) -> None:
         """Roles never change in place: remove the node, then add it under a new name."""
+        colocated = {n for n, k in self.obs.k8s_nodes.items() if k.is_control_plane} & set(
+            self.obs.etcd_members)
+        if self.dedicated and colocated:
+            self.refuse(
+                f"etcd.placement is dedicated, but etcd runs on control-plane nodes "
+                f"{_names(colocated)}: moving etcd between placements is not supported "
+                "in place; keep etcd.placement: control-plane")
+            return
         for name in self.order:
             want_cp = "control-plane" in self.roles(name)
             k8s = self.obs.k8s_nodes.get(name)

@@ -934,3 +934,29 @@ def test_crash_during_a_control_plane_join(inv):
     assert kinds(plan) == [(JOIN_CONTROL_PLANE, "cp-3")]
     assert plan.actions[0].details["etcd"] == "already a member"
     assert not plan.actions[0].details["init"]
+
+
+def test_moving_etcd_to_dedicated_in_place_is_refused(inv):
+    i = inv(cps=("cp-1", "cp-2", "cp-3"), etcd=("etcd-1", "etcd-2", "etcd-3"))
+    plan = plan_changes(i, cluster())
+    assert not plan.ok
+    assert plan.refusals[0].startswith("etcd.placement is dedicated, but etcd runs on "
+                                       "control-plane nodes cp-1, cp-2, cp-3")
+
+
+def test_ssh_runner_uses_the_cluster_ssh_config(tmp_path, monkeypatch):
+    from provision.observe_cluster import ssh_runner
+    from provision.paths import ClusterPaths
+
+    seen = {}
+
+    def fake_run(argv, **kw):
+        seen["argv"], seen["timeout"] = argv, kw["timeout"]
+        return subprocess.CompletedProcess(argv, 0, "@@reachable\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    paths = ClusterPaths(tmp_path / "clusters" / "t")
+    proc = ssh_runner(paths, timeout=7)("cp-1", "true")
+    assert proc.returncode == 0
+    assert seen["argv"] == ["ssh", "-F", str(paths.ssh_config), "cp-1", "true"]
+    assert seen["timeout"] == 7
