@@ -7,6 +7,7 @@ whose pid we keep in a pidfile. See docs/lab-machines.md for why each flag is th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -152,10 +153,12 @@ def terminate(pid: int, name: str, timeout: float = 30) -> bool:
         return True
     if _wait_gone(pid, name, timeout):
         return True
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
+    # A pod process without a SIGTERM handler can hold systemd-shutdown for 90 s.
+    # Killing the node's PID 1 ends its whole PID namespace; then nspawn itself.
+    for target in (leader(pid), pid):
+        if target is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
     _wait_gone(pid, name, 10)
     return False
 

@@ -10,6 +10,7 @@ it. Everything a node owns on disk lives in ``<state>/clusters/<c>/machines/<nod
     upper/ work/   the overlay's writable layer (the node's "disk") and workdir
     root/          the overlay mount nspawn boots
     containerd/    bound to /var/lib/containerd (overlayfs cannot hold containerd's)
+    kubelet/       bound to /var/lib/kubelet (plain directory, as verified with a kubelet)
     node.json      what was created (names, image), so destroy never has to guess
     nspawn.pid     console.log
 
@@ -106,6 +107,7 @@ class NodeLayout:
     work = property(lambda self: self.dir / "work")
     root = property(lambda self: self.dir / "root")
     containerd = property(lambda self: self.dir / "containerd")
+    kubelet = property(lambda self: self.dir / "kubelet")
     pidfile = property(lambda self: self.dir / "nspawn.pid")
     console_log = property(lambda self: self.dir / "console.log")
     meta = property(lambda self: self.dir / "node.json")
@@ -375,6 +377,7 @@ class LocalProvider:
                     lower=str(lower), lab=lab_netns(inv.name))
         _write_json(lay.meta, meta)
         lay.containerd.mkdir(exist_ok=True)
+        lay.kubelet.mkdir(exist_ok=True)
         mounts.mount_overlay(lower, lay.upper, lay.work, lay.root)
         self._inject(inv, node, lay, paths)
         mac = getattr(node, "mac", None) or netns.node_mac(inv.name, node.name)
@@ -426,7 +429,7 @@ class LocalProvider:
             name=lay.machine, root=lay.root, netns=lay.netns, hostname=node.name,
             pidfile=lay.pidfile, console_log=lay.console_log,
             cgroup_procs=[p / "cgroup.procs" for p in cgroups.group_paths(lay.cgroup)],
-            binds=[(lay.containerd, "/var/lib/containerd")],
+            binds=[(lay.containerd, "/var/lib/containerd"), (lay.kubelet, "/var/lib/kubelet")],
         )
 
     def _wait_ssh(self, inv: Any, nodes: Sequence[Any], say: Any) -> None:

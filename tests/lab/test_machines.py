@@ -73,6 +73,19 @@ def test_create_three_machines_reachable_with_strict_ssh(lab_cluster):
         assert out.splitlines()[-1] == "running", out
 
 
+def test_node_is_ready_for_containerd_and_kubelet(lab_cluster):
+    """Plain binds for containerd and kubelet, writable cgroups with the kubelet's
+    cgroupRoot, and no sysctl.d applied to the box's kernel at boot."""
+    out = lab_cluster.ssh("m-1", "findmnt -n -o TARGET /var/lib/containerd; "
+                          "findmnt -n -o TARGET /var/lib/kubelet; "
+                          "test -d /sys/fs/cgroup/memory/kubelet && echo kubelet-cgroup; "
+                          "mkdir /sys/fs/cgroup/pids/probe && rmdir /sys/fs/cgroup/pids/probe "
+                          "&& echo cgroups-writable; "
+                          "systemctl is-enabled systemd-sysctl.service || true").stdout.split()
+    assert out == ["/var/lib/containerd", "/var/lib/kubelet", "kubelet-cgroup",
+                   "cgroups-writable", "masked"], out
+
+
 def test_ssh_refuses_a_wrong_host_key(lab_cluster):
     """Strictness is real: with another key recorded for m-2, ssh refuses."""
     kh = lab_cluster.paths.known_hosts
