@@ -353,24 +353,28 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
         except (OSError, subprocess.SubprocessError) as exc:
             return name, None, str(exc)
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        results = list(pool.map(probe, running))
     joined: set[str] = set()
-    for name, proc, error in results:
-        if proc is None or proc.returncode != 0 or "@@reachable" not in proc.stdout:
-            detail = error or (proc.stderr.strip() if proc else "") or "no answer"
-            obs.problems.append(f"{name}: unreachable over SSH ({detail})")
-            continue
-        obs.reachable.add(name)
-        parts = _sections(proc.stdout)
-        if name in cps and "haproxy" in parts:
-            obs.lb_backends[name] = backend_nodes(
-                api_servers(parse_haproxy_servers(parts["haproxy"])),
-                address_to_name.values(), address_to_name)
-        if "joined" in parts:
-            joined.add(name)
-        if parts.get("vip", "").strip() == "here":
-            obs.vip_holder = name
+
+    def probe_all(names: Sequence[str], inventory_nodes: bool) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            results = list(pool.map(probe, names))
+        for name, proc, error in results:
+            if proc is None or proc.returncode != 0 or "@@reachable" not in proc.stdout:
+                detail = error or (proc.stderr.strip() if proc else "") or "no answer"
+                obs.problems.append(f"{name}: unreachable over SSH ({detail})")
+                continue
+            obs.reachable.add(name)
+            parts = _sections(proc.stdout)
+            if inventory_nodes and name in cps and "haproxy" in parts:
+                obs.lb_backends[name] = backend_nodes(
+                    api_servers(parse_haproxy_servers(parts["haproxy"])),
+                    address_to_name.values(), address_to_name)
+            if inventory_nodes and "joined" in parts:
+                joined.add(name)
+            if parts.get("vip", "").strip() == "here":
+                obs.vip_holder = name
+
+    probe_all(running, inventory_nodes=True)
 
     ordered_cps = [n.name for n in inv.nodes_with_role("control-plane")
                    if n.name in obs.reachable]
@@ -394,6 +398,12 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
     obs.etcd_members, obs.etcd_known = _ask_first(
         etcd_nodes, run, etcdctl_script(endpoints), parse_etcd, "etcdctl", obs.problems,
         none_exist(inv.etcd_members))
+    # Nodes the cluster knows and the inventory does not (removals): can they still be
+    # reached (to drain, reset), and does one hold the VIP (to move it off first)?
+    leaving = sorted((set(obs.k8s_nodes) | {m.name for m in obs.etcd_members.values()
+                                            if m.name}) - {n.name for n in inv.nodes})
+    if leaving:
+        probe_all(leaving, inventory_nodes=False)
     # "Nothing built yet" must be confirmed by every node: one that has joined a
     # cluster no control-plane node of the inventory answers for (every one of them
     # replaced in one edit, say) makes the membership unknown, never empty.

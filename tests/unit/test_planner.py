@@ -340,6 +340,20 @@ def test_observe_cluster_with_a_fake_runner(inv):
     assert set(obs.etcd_members) == {"cp-1", "cp-2", "unstarted:https://10.250.0.14:2380"}
     assert any("cp-3: unreachable" in p for p in obs.problems)
     assert "worker-1" not in calls  # stopped machines are not probed
+    # kubectl reports worker-9, which the inventory does not have: it is probed too
+    i = inv(workers=0)
+    calls.clear()
+    nodes = json.loads(json.dumps(KUBECTL_NODES))
+    nodes["items"][1]["metadata"]["name"] = "worker-9"
+    kubectl = json.dumps(nodes)
+
+    def run_removed(node: str, script: str) -> subprocess.CompletedProcess[str]:
+        if "kubectl" in script:
+            return subprocess.CompletedProcess([], 0, kubectl, "")
+        return run(node, script)
+
+    removed = observe_cluster(i, machines, run_removed)
+    assert "worker-9" in calls and "worker-9" in removed.reachable
 
 
 def test_observe_cluster_before_anything_is_built(inv):
