@@ -974,3 +974,21 @@ def test_ssh_runner_uses_the_cluster_ssh_config(tmp_path, monkeypatch):
     assert proc.returncode == 0
     assert seen["argv"] == ["ssh", "-F", str(paths.ssh_config), "cp-1", "true"]
     assert seen["timeout"] == 7
+
+
+def test_an_unhealthy_member_does_not_block_worker_changes(inv):
+    obs = cluster()
+    m = obs.etcd_members["cp-3"]
+    obs.etcd_members["cp-3"] = EtcdMember(m.name, m.peer_url, m.client_url, False,
+                                          m.member_id)
+    plan = plan_changes(inv(workers=3), obs)
+    assert plan.ok, plan.refusals
+    assert kinds(plan) == [(CREATE_MACHINE, "worker-3"), (JOIN_WORKER, "worker-3")]
+
+
+def test_table_of_a_refused_plan_without_actions(inv):
+    obs = cluster()
+    obs.k8s_known = False
+    table = plan_changes(inv(), obs).to_table()
+    assert table.splitlines()[0].split() == ["#", "action", "node", "reason"]
+    assert "refused: cannot observe the cluster's Kubernetes nodes" in table
