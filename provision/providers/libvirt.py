@@ -604,11 +604,7 @@ class LibvirtProvider:
         lv = _libvirt()
         s = self.settings(inv)
         conn = self.connect(s.uri)
-        try:
-            recipe = vmimage.find_recipe(s.image)
-            img_name = f"{recipe.name}-{recipe.digest}"
-        except Exception:  # noqa: BLE001 - reported by check()
-            img_name = "?"
+        img_name = self.image_name(s.image)
         out: dict[str, list[str]] = {}
         for node in nodes:
             try:
@@ -619,6 +615,14 @@ class LibvirtProvider:
             if diff:
                 out[node.name] = diff
         return out
+
+    def image_name(self, image: str) -> str:
+        """<recipe>-<hash> of the image the inventory names now (what drift compares)."""
+        try:
+            recipe = vmimage.find_recipe(image)
+        except Exception:  # noqa: BLE001 - reported by check()
+            return "?"
+        return f"{recipe.name}-{recipe.digest}"
 
     def start(self, inv: Any, node: Any) -> None:
         lv = _libvirt()
