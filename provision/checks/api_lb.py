@@ -1,0 +1,38 @@
+"""api-lb stage: keepalived holds the API VIP on exactly one node, haproxy balances
+TCP to every API server (VIP failover itself is exercised by the HA lab test)."""
+
+import pytest
+
+
+def test_services_active(host):
+    for name in ("haproxy", "keepalived"):
+        assert host.service(name).is_running, name
+        assert host.service(name).is_enabled, name
+
+
+def test_haproxy_listens_on_the_vip(host, cluster):
+    sockets = host.run(f"ss -Hltn 'sport = :{cluster.get('provision_api_port', 6443)}'").stdout
+    assert cluster.api_endpoint in sockets, sockets
+
+
+def test_haproxy_has_every_api_server(host, cluster):
+    csv = host.run("curl -s --max-time 3 'http://127.0.0.1:8404/stats;csv'").stdout
+    servers = {line.split(",")[1] for line in csv.splitlines()
+               if line.startswith("kube-apiserver,") and line.split(",")[1] not in ("FRONTEND", "BACKEND")}
+    assert servers == {n["name"] for n in cluster.with_role("control-plane")}, csv
+
+
+def test_exactly_one_node_holds_the_vip(host, cluster, other_host):
+    cps = cluster.with_role("control-plane")
+    if cluster["node"]["name"] != cps[0]["name"]:
+        pytest.skip("checked once, from the first control-plane node")
+    holders = [n["name"] for n in cps
+               if f" {cluster['provision_api_vip']}/" in other_host(n["name"]).run("ip -o addr show").stdout]
+    assert len(holders) == 1, f"VIP held by {holders or 'nobody'}"
+
+
+def test_vip_answers_arp_from_this_node(host, cluster):
+    """The VIP is reachable from every control-plane node (TCP connect to haproxy)."""
+    vip, port = cluster["provision_api_vip"], cluster.get("provision_api_port", 6443)
+    out = host.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{vip}/{port}'")
+    assert out.rc == 0, f"cannot connect to {vip}:{port}"

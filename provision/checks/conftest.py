@@ -1,0 +1,97 @@
+"""Shared fixtures of the stage checks (testinfra modules in this directory).
+
+``cluster``: the variables Ansible gets (``provision_*``), loaded from the JSON file
+named by ``PROVISION_CHECK_CONTEXT``, plus ``node`` (this host's entry of
+``provision_nodes``: name, address, roles) and ``nodes`` (all of them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from typing import Any
+
+import pytest
+import testinfra
+
+
+class Cluster(dict):
+    """A dict of the check context with helpers; ``cluster["provision_api_vip"]``."""
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.get("provision_nodes", [])
+
+    def with_role(self, role: str) -> list[dict[str, Any]]:
+        return [n for n in self.nodes if role in n.get("roles", [])]
+
+    @property
+    def etcd_members(self) -> list[dict[str, Any]]:
+        members = self.get("provision_etcd_members")
+        if members:
+            return [n for n in self.nodes if n["name"] in members]
+        dedicated = self.with_role("etcd")
+        return dedicated or self.with_role("control-plane")
+
+    @property
+    def api_endpoint(self) -> str:
+        return f"{self['provision_api_vip']}:{self.get('provision_api_port', 6443)}"
+
+    @property
+    def dns_service_ip(self) -> str:
+        net = ipaddress.ip_network(self.get("provision_service_cidr", "10.96.0.0/12"))
+        return str(net.network_address + 10)
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        net = ipaddress.ip_network(self.get("provision_service_cidr", "10.96.0.0/12"))
+        return str(net.network_address + 1)
+
+
+def _load_context() -> dict[str, Any]:
+    path = os.environ.get("PROVISION_CHECK_CONTEXT")
+    if not path:
+        pytest.exit("PROVISION_CHECK_CONTEXT is not set: the checks need the cluster context",
+                    returncode=4)
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def cluster_context() -> dict[str, Any]:
+    return _load_context()
+
+
+def _host_name(host: Any) -> str:
+    backend = host.backend
+    name = getattr(backend, "host", None)
+    name = getattr(name, "name", None) or getattr(backend, "hostname", "")
+    return str(name).removeprefix("ssh://")
+
+
+@pytest.fixture
+def cluster(host: Any, cluster_context: dict[str, Any]) -> Cluster:
+    c = Cluster(cluster_context)
+    name = _host_name(host)
+    c["node"] = next((n for n in c.nodes if n["name"] == name),
+                     {"name": name, "address": "", "roles": []})
+    return c
+
+
+@pytest.fixture
+def other_host(request: pytest.FixtureRequest):
+    """Open another node of the cluster over the same SSH config: ``other_host("cp-2")``."""
+    ssh_config = request.config.getoption("ssh_config", None)
+
+    def get(name: str) -> Any:
+        return testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config)
+
+    return get
+
+
+@pytest.fixture
+def in_container(host: Any) -> bool:
+    """True on a lab machine (systemd-nspawn): the kernel and clock are the box's."""
+    out = host.run("systemd-detect-virt --container")
+    return out.stdout.strip() not in ("", "none")

@@ -1,0 +1,54 @@
+"""control-plane stage: every API server ready (directly and through the VIP),
+scheduler and controller-manager have leaders, certificates carry the right names."""
+
+import json
+
+KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+
+
+def test_api_server_ready_on_this_node(host, cluster):
+    port = cluster.get("provision_api_port", 6443)
+    out = host.run(f"curl -sk --max-time 5 'https://{cluster['node']['address']}:{port}/readyz?verbose'")
+    assert "readyz check passed" in out.stdout, out.stdout[-500:]
+
+
+def test_api_ready_through_the_vip(host, cluster):
+    out = host.run(f"curl -sk --max-time 5 'https://{cluster.api_endpoint}/readyz?verbose'")
+    assert "readyz check passed" in out.stdout, out.stdout[-500:]
+
+
+def test_api_server_binds_only_the_node_address(host, cluster):
+    port = cluster.get("provision_api_port", 6443)
+    sockets = host.run(f"ss -Hltnp 'sport = :{port}'").stdout
+    assert f"{cluster['node']['address']}:{port}" in sockets
+    assert f"*:{port}" not in sockets and f"0.0.0.0:{port}" not in sockets
+
+
+def test_leaders_elected(host):
+    for lease in ("kube-scheduler", "kube-controller-manager"):
+        out = host.run(f"{KUBECTL} -n kube-system get lease {lease} -o json")
+        assert out.rc == 0, out.stderr
+        assert json.loads(out.stdout)["spec"].get("holderIdentity"), f"{lease} has no leader"
+
+
+def test_certificate_names(host, cluster):
+    sans = host.run("openssl x509 -in /etc/kubernetes/pki/apiserver.crt -noout -ext subjectAltName").stdout
+    want = [cluster["provision_api_vip"], "127.0.0.1"]
+    for n in cluster.with_role("control-plane"):
+        want += [n["name"], n["address"]]
+    missing = [w for w in want if w not in sans]
+    assert not missing, f"apiserver certificate lacks {missing}: {sans}"
+
+
+def test_external_etcd(host, cluster):
+    manifest = host.file("/etc/kubernetes/manifests/kube-apiserver.yaml").content_string
+    for n in cluster.etcd_members:
+        assert f"https://{n['address']}:2379" in manifest
+    assert not host.file("/etc/kubernetes/manifests/etcd.yaml").exists
+
+
+def test_node_registered(host, cluster):
+    out = host.run(f"{KUBECTL} get node {cluster['node']['name']} -o json")
+    assert out.rc == 0, out.stderr
+    info = json.loads(out.stdout)["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == cluster["provision_kubernetes_version"]

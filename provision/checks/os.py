@@ -1,0 +1,59 @@
+"""os stage: hostname, /etc/hosts, kernel modules, sysctls, swap off, time sync."""
+
+import pytest
+
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "net.ipv4.ip_nonlocal_bind": "1",
+}
+
+
+def test_hostname(host, cluster):
+    assert host.run("hostname").stdout.strip() == cluster["node"]["name"]
+
+
+def test_hosts_file_names_every_node(host, cluster):
+    hosts = host.file("/etc/hosts").content_string
+    lines = {tuple(line.split()[:2]) for line in hosts.splitlines()
+             if line.strip() and not line.startswith("#")}
+    for n in cluster.nodes:
+        assert (n["address"], n["name"]) in lines, f"{n['name']} missing from /etc/hosts"
+
+
+@pytest.mark.parametrize("module", ["overlay", "br_netfilter"])
+def test_kernel_module(host, module):
+    assert host.file(f"/sys/module/{module}").exists, f"{module} is not loaded"
+
+
+@pytest.mark.parametrize("key,value", sorted(SYSCTLS.items()))
+def test_sysctl(host, key, value):
+    assert host.run(f"sysctl -n {key}").stdout.strip() == value
+
+
+def test_swap_off(host):
+    assert host.run("swapon --show --noheadings").stdout.strip() == ""
+
+
+def test_time_synchronised(host, in_container):
+    if in_container:
+        pytest.skip("a lab machine shares the host's clock")
+    out = host.run("timedatectl show -p NTPSynchronized --value").stdout.strip()
+    assert out == "yes" or host.run("chronyc -n tracking").rc == 0
+
+
+def test_apt_points_at_the_mirror(host, cluster):
+    mirror = cluster.get("provision_mirror_url")
+    if not mirror:
+        pytest.skip("no artifact mirror (upstream artifacts)")
+    assert mirror in host.file("/etc/apt/sources.list.d/provision.list").content_string
+
+
+def test_lab_machine_kernel_settings_are_shadowed(host, in_container):
+    """The kubelet must read, never write, the box's kernel.*/vm.* values."""
+    if not in_container:
+        pytest.skip("real host")
+    for key in ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "vm/panic_on_oom"):
+        assert host.run(f"mountpoint -q /proc/sys/{key}").rc == 0, f"/proc/sys/{key} is not shadowed"
+    assert host.run("sysctl -n vm.overcommit_memory").stdout.strip() == "1"
