@@ -7,13 +7,36 @@ named by ``PROVISION_CHECK_CONTEXT``, plus ``node`` (this host's entry of
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
+import sys
 from typing import Any
 
 import pytest
 import testinfra
+
+
+class _StageModule(pytest.Module):
+    """Stage modules are named after stages and one is ``os``: imported as top-level
+    modules they collide with the standard library ("import file mismatch", or the
+    stdlib module collected instead). Import each by path under a unique name."""
+
+    def _getobj(self):
+        name = f"provision_checks_{self.path.stem}"
+        spec = importlib.util.spec_from_file_location(name, self.path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        self.config.pluginmanager.consider_module(module)
+        return module
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if module_path.name != "conftest.py":
+        return _StageModule.from_parent(parent, path=module_path)
+    return None
 
 
 class Cluster(dict):

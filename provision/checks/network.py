@@ -2,6 +2,7 @@
 node Ready, and a ClusterIP Service (cluster DNS) answering from every node."""
 
 import json
+import shlex
 import textwrap
 
 
@@ -47,5 +48,5 @@ def test_cluster_dns_through_the_service_ip(host, cluster):
                 r = b''
         print('.'.join(str(b) for b in r[-4:]) if r and struct.unpack('>H', r[6:8])[0] else 'NOANSWER')
     """)
-    out = host.run(f"python3 -c {json.dumps(script)}")
+    out = host.run(f"python3 -c {shlex.quote(script)}")
     assert out.stdout.strip() == cluster.kubernetes_service_ip, out.stdout + out.stderr
