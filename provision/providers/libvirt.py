@@ -318,7 +318,7 @@ class LibvirtProvider:
                                    hint=f"networks there: {', '.join(nets) or 'none'}; or "
                                    "remove network to let provision create one"))
         elif s.bridge:
-            if _is_local(s.uri):
+            if _is_local(s.uri) and not _lab_bridge(inv, s):
                 present = (labnet.link_exists(s.netns, s.bridge) if s.netns
                            else Path(f"/sys/class/net/{s.bridge}/bridge").is_dir())
                 if not present:
@@ -427,6 +427,11 @@ class LibvirtProvider:
         base = self._ensure_base_volumes(conn, pool, img, say)
         if not s.network and not s.bridge:
             self._ensure_network(inv, conn, say)
+        elif _lab_bridge(inv, s):
+            # the lab bridge is shared with lab machines: whichever provider runs first
+            # makes it (idempotent, the same call the local provider uses)
+            prefix = ipaddress.ip_network(str(inv.network.subnet), strict=False).prefixlen
+            labnet.ensure_bridge(s.netns, f"{_gateway(inv)}/{prefix}")
         for node in nodes:
             self._ensure_vm(inv, conn, pool, node, img, base, dtype, say)
         self._wait_ssh(inv, nodes, dtype, say)
@@ -745,6 +750,11 @@ def _gateway(inv: Any) -> str:
     if gw:
         return str(gw)
     return str(next(ipaddress.ip_network(str(inv.network.subnet), strict=False).hosts()))
+
+
+def _lab_bridge(inv: Any, s: Any) -> bool:
+    """VMs on the lab bridge of this cluster's own lab namespace (beside lab machines)."""
+    return bool(s.netns and s.bridge == labnet.BRIDGE and s.netns == f"pv-{inv.name}")
 
 
 def _names(lister: Callable[[int], list[Any]]) -> list[str]:

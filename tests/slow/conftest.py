@@ -1,0 +1,60 @@
+"""Slow-tier fixtures: TCG virtual machines through a private libvirtd.
+
+Everything a slow test makes is named after the pytest process (``pvlv<pid>`` for the
+libvirtd and its network namespace, ``pvvm<pid>`` for clusters) and torn down by a
+finalizer. Leftovers of a crashed earlier run (its pid gone) are swept first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+LIBVIRTD_PREFIX = "pvlv"
+
+
+def slow_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "slow VM tests need root"
+    for tool in ("libvirtd", "qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4",
+                 "ip", "unshare", "ssh"):
+        if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
+            return f"slow VM tests need {tool}"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "slow VM tests need libvirt-python (pip install 'provision[libvirt]')"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def sweep() -> None:
+    """Remove private libvirtds (namespace, processes, directory) of dead pytest runs."""
+    from libvirtd_lab import LabLibvirtd
+
+    names = set()
+    if Path("/run/netns").is_dir():
+        names |= {p.name for p in Path("/run/netns").iterdir()}
+    names |= {p.name for p in Path("/tmp").glob(f"{LIBVIRTD_PREFIX}*")}
+    for name in sorted(names):
+        m = re.fullmatch(rf"{LIBVIRTD_PREFIX}(\d+)", name)
+        if m and not _alive(int(m.group(1))):
+            lab = LabLibvirtd(name)
+            with contextlib.suppress(Exception):
+                lab.stop()
+
+
+@pytest.fixture(scope="session")
+def slow_host() -> None:
+    reason = slow_requirements()
+    if reason:
+        pytest.skip(reason)
+    sweep()
