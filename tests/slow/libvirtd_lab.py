@@ -4,7 +4,8 @@ PID 1 on the build box is not systemd, so nothing starts libvirtd for us; and ot
 suites may run their own libvirtd at the same time. This one is fully private:
 
 * a network namespace ``<name>`` (VM bridges, taps and firewall rules live there;
-  nothing touches the host's own network);
+  nothing touches the host's own network); an existing one (a lab namespace beside
+  lab machines) is used as it is and kept;
 * a private mount namespace where /run/libvirt, /etc/libvirt, /var/lib/libvirt and
   /var/cache/libvirt are bind mounts of ``<dir>/...`` (no clash with another libvirtd,
   no leftovers in the host's directories). /var/log/libvirt is shared: the VM console
@@ -63,6 +64,9 @@ class LabLibvirtd:
         self.pool_name = pool
         self.proc: subprocess.Popen[bytes] | None = None
         self.clusters: list[str] = []  # whose VM logs stop() removes
+        # False when the namespace existed before (a lab namespace holding lab
+        # machines): stop() then ends only libvirtd and its VMs and keeps the namespace.
+        self.own_netns = True
 
     @property
     def socket(self) -> Path:
@@ -85,6 +89,7 @@ class LabLibvirtd:
         (self.dir / "etc/libvirt/libvirtd.conf").write_text(LIBVIRTD_CONF)
         (self.dir / "etc/libvirt/qemu.conf").write_text(QEMU_CONF)
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
+        self.own_netns = not netns.exists(self.name)
         netns.ensure(self.name)
         mounts = "; ".join(f"mkdir -p /{sub}; mount --bind {self.dir / sub} /{sub}"
                            for sub in BINDS)
@@ -157,8 +162,11 @@ class LabLibvirtd:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        _kill(netns.pids_in(self.name))  # qemu, dnsmasq, anything else left
-        netns.delete(self.name)
+        if self.own_netns:
+            _kill(netns.pids_in(self.name))  # qemu, dnsmasq, anything else left
+            netns.delete(self.name)
+        else:
+            _kill(self.qemu_pids())
         for cluster in self.clusters:  # libvirt's own domain logs (<domain>.log)
             for f in Path("/var/log/libvirt/qemu").glob(f"pv-{cluster}-*"):
                 f.unlink(missing_ok=True)

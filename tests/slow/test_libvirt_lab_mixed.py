@@ -1,0 +1,111 @@
+"""A VM beside a lab machine on one lab subnet, driven by `provision up` itself.
+
+The cluster's lab namespace ``pv-<cluster>`` holds a private libvirtd; the VM's NIC
+joins the lab bridge ``br-lab`` (providers.libvirt: bridge br-lab, netns
+pv-<cluster>), which the local provider's lab machine uses too. `provision up --until
+os` runs the machines stage for both providers and the os stage on both nodes, with
+their checks; the VM and the lab machine reach each other; `provision destroy`
+removes both and leaves nothing. The fixture always tears everything down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from libvirtd_lab import LabLibvirtd
+
+pytestmark = pytest.mark.slow
+
+NET = "10.254.8"
+PROVISION = str(Path(sys.executable).parent / "provision")
+
+
+def inventory(cluster: str, lab: LabLibvirtd) -> str:
+    return f"""\
+apiVersion: provision.dev/v1alpha1
+kind: Cluster
+name: {cluster}
+kubernetes: {{version: v1.37.2}}
+controlPlane: {{virtualIP: {NET}.10}}
+network: {{subnet: {NET}.0/24}}
+providers:
+  local: {{apiForwardPort: 16461}}
+  libvirt: {{uri: "{lab.uri}", pool: {lab.pool_name}, netns: pv-{cluster}, bridge: br-lab}}
+nodes:
+  - {{name: vm-1, roles: [worker], provider: libvirt, address: {NET}.21,
+     machine: {{cpus: 1, memory: 1536Mi, disk: 5Gi}}}}
+  - {{name: cp-1, roles: [control-plane], provider: local, address: {NET}.11,
+     machine: {{cpus: 1, memory: 1536Mi}}}}
+"""
+
+
+def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROVISION, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def mixed(slow_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from provision.lab import vmimage
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    saved = {k: os.environ.get(k) for k in ("PROVISION_STATE_DIR", "PROVISION_LIBVIRT_ACCEL")}
+    os.environ["PROVISION_STATE_DIR"] = str(tmp / "state")
+    os.environ["PROVISION_LIBVIRT_ACCEL"] = "tcg"
+    cluster = f"pvmx{os.getpid()}"
+    lab = LabLibvirtd(f"pv-{cluster}")  # the cluster's lab namespace
+    lab.clusters.append(cluster)
+    path = tmp / "inventory.yaml"
+    try:
+        vmimage.ensure_vm_image("debian-12")
+        lab.start()
+        path.write_text(inventory(cluster, lab))
+        yield type("Mixed", (), {"cluster": cluster, "lab": lab, "path": path, "tmp": tmp})
+    finally:
+        if path.exists():
+            proc = run("destroy", "-i", str(path), timeout=300)
+            if proc.returncode != 0:
+                print("destroy during teardown failed:", proc.stdout, proc.stderr)
+        lab.stop()
+        from provision.lab.cleanup import sweep
+
+        sweep(cluster)  # lab machine leftovers, if destroy failed
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_up_until_os_on_a_vm_and_a_lab_machine(mixed: Any) -> None:
+    started = time.monotonic()
+    proc = run("up", "-i", str(mixed.path), "--until", "os")
+    print(f"up --until os: {time.monotonic() - started:.0f}s")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    # one subnet: the VM reaches the lab machine over br-lab, and back
+    for node, peer in (("vm-1", f"{NET}.11"), ("cp-1", f"{NET}.21")):
+        config = mixed.tmp / "state" / "clusters" / mixed.cluster / "ssh" / "config"
+        ping = subprocess.run(["ssh", "-F", str(config), "-o", "ControlMaster=no", node,
+                               f"ping -c 1 -W 5 {peer}"], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def test_destroy_removes_both(mixed: Any) -> None:
+    from provision.lab import netns
+
+    proc = run("destroy", "-i", str(mixed.path), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mixed.lab.leftovers() == {"domains": [], "networks": [], "volumes": []}
+    assert mixed.lab.qemu_pids() == []
+    assert not netns.exists(f"pv-{mixed.cluster}-cp-1")
+    from provision.lab.cleanup import leftovers
+
+    assert leftovers(mixed.cluster) == []
