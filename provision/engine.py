@@ -71,14 +71,17 @@ class StageOutcome:
 class Hooks:
     """What the engine needs from the rest of provision, injected for testability.
 
-    ``ensure_machines(stage, nodes)`` makes machines exist (the provider);
+    ``ensure_machines(nodes)`` makes machines exist (the provider);
     ``ssh_endpoints()`` says how to reach every node; ``services()`` starts (or
-    finds) the artifact mirror and returns its addresses for the nodes.
+    finds) the artifact mirror and returns its addresses for the nodes;
+    ``service_addresses()`` returns the same addresses without starting anything
+    (checks and plan must not change the world).
     """
 
     ensure_machines: Callable[[list[Any]], None]
     ssh_endpoints: Callable[[], dict[str, ssh.SSHEndpoint]]
     services: Callable[[], dict[str, str]] = lambda: {}
+    service_addresses: Callable[[], dict[str, str]] = lambda: {}  # same, without starting
     artifact_versions: Callable[[], dict[str, str]] = lambda: {}
 
 
@@ -257,11 +260,13 @@ class Engine:
         outcome.converged = todo
 
     # ---------------------------------------------------------------- helpers
-    def global_vars(self) -> dict[str, Any]:
-        if self._services is None:
+    def global_vars(self, start_services: bool = True) -> dict[str, Any]:
+        if self._services is None and start_services:
             self._services = dict(self.hooks.services())
-            self._services.setdefault("pki_dir", str(self.paths.pki_dir))
-        return clustervars.global_vars(self.inv, self._services)
+        services = dict(self._services if self._services is not None
+                        else self.hooks.service_addresses())
+        services.setdefault("pki_dir", str(self.paths.pki_dir))
+        return clustervars.global_vars(self.inv, services)
 
     def stage_hash(self, stage: Stage, node: Any, gvars: dict[str, Any]) -> str:
         """Everything that decides what converging this stage on this node does."""
@@ -305,7 +310,7 @@ class Engine:
         junit = self.record.junit_dir / (stage.name + (f"-{suffix}" if suffix else "") + ".xml")
         for name in names:
             self.progress.node_state(stage.name, name, "verifying")
-        context = dict(self.global_vars())
+        context = dict(self.global_vars(start_services=False))
         context["stage"] = stage.name
         result = run_checks(self.paths, stage.verify, names, context, junit,
                             checks_dir=self.checks_dir)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision import mirror
 from provision.engine import Engine, Hooks, StageOutcome
 from provision.errors import BadInput, ProvisionError
 from provision.executors import ssh
@@ -80,15 +81,23 @@ class Cluster:
                     for n in self.inv.nodes}
 
         def services() -> dict[str, str]:
-            out: dict[str, str] = {}
-            for name in self.nodes_by_provider(self.inv.nodes):
-                start = getattr(self.provider(name), "artifact_services", None)
-                if start and self.inv.artifacts.source == "offline":
-                    out.update(start(self.inv))
-            return out
+            if self.inv.artifacts.source != "offline":
+                return {}
+            progress.message("artifact mirror: starting (or reusing) it beside the machines")
+            return mirror.ensure_mirror(self.inv, self.mirror_host())
 
         return Hooks(ensure_machines=ensure_machines, ssh_endpoints=endpoints,
-                     services=services)
+                     services=services,
+                     service_addresses=lambda: (mirror.addresses(self.inv)
+                                                if self.inv.artifacts.source == "offline" else {}),
+                     artifact_versions=lambda: mirror.artifact_versions(self.inv))
+
+    def mirror_host(self) -> Any:
+        """The provider that runs the mirror: the first one able to host services."""
+        for name in self.nodes_by_provider(self.inv.nodes):
+            if hasattr(self.provider(name), "spawn_in_lab"):
+                return self.provider(name)
+        return self.provider(self.inv.nodes[0].provider)
 
 
 def _open_run(cluster: Cluster, command: str, inventory_path: Path) -> tuple[Any, Any]:
@@ -178,7 +187,7 @@ def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[P
         states.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
     reachable = [n.name for n in cluster.inv.nodes if states.get(n.name) == "running"]
     facts = gather_stage_markers(cluster.paths, reachable, engine.marker_dir) if reachable else {}
-    gvars = _plan_vars(cluster)
+    gvars = _plan_vars(engine)
     for node in cluster.inv.nodes:
         state = states.get(node.name, "missing")
         if state == "missing":
@@ -208,17 +217,9 @@ def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[P
     return actions
 
 
-def _plan_vars(cluster: Cluster) -> dict[str, Any]:
-    # Plan must not start services: it assumes they would be where `up` puts them.
-    from provision import clustervars
-
-    services: dict[str, str] = {}
-    for name in cluster.nodes_by_provider(cluster.inv.nodes):
-        addresses = getattr(cluster.provider(name), "artifact_addresses", None)
-        if addresses and cluster.inv.artifacts.source == "offline":
-            services.update(addresses(cluster.inv))
-    services.setdefault("pki_dir", str(cluster.paths.pki_dir))
-    return clustervars.global_vars(cluster.inv, services)
+def _plan_vars(engine: Engine) -> dict[str, Any]:
+    # Plan must not start services: it assumes they are where `up` puts them.
+    return engine.global_vars(start_services=False)
 
 
 def status(inventory_path: Path) -> dict[str, Any]:

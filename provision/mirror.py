@@ -1,0 +1,91 @@
+"""The cluster's artifact mirror: where nodes get packages, binaries and images.
+
+With ``artifacts.source: offline`` the provisioner serves the artifact set (nginx for
+the apt repository and files, docker-registry for images) inside the cluster network,
+for as long as the cluster exists: a kubelet may pull an image long after ``up``
+finished (a pod rescheduled to another node). The mirror is therefore a detached
+service the provider runs next to its machines (for lab machines: inside the lab
+namespace, on the gateway address), stopped when the cluster is destroyed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ProvisionError
+
+HTTP_PORT = 8080
+REGISTRY_PORT = 5000
+READY_LINE = "serving:"
+
+
+def addresses(inv: Any) -> dict[str, str]:
+    gateway = str(inv.network.gateway)
+    return {"mirror_url": f"http://{gateway}:{HTTP_PORT}",
+            "registry": f"{gateway}:{REGISTRY_PORT}"}
+
+
+def artifact_versions(inv: Any) -> dict[str, str]:
+    """What the stage hash knows of the artifacts: the lock file's digest."""
+    from provision.artifacts.locks import lock_path
+
+    lock = lock_path(inv.kubernetes.version)
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "unlocked"
+    return {"kubernetes": inv.kubernetes.version, "lock": digest}
+
+
+def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
+                  timeout: float = 600) -> dict[str, str]:
+    """Start the mirror beside the machines (idempotent) and wait until it serves."""
+    spawn = getattr(provider, "spawn_in_lab", None)
+    if spawn is None:
+        raise ProvisionError(
+            f"provider {provider.name!r} cannot host the artifact mirror; use "
+            "`artifacts: {source: upstream}` or put one local-provider node in the cluster")
+    from provision.artifacts import build
+
+    # Built (or found in the cache) before anything starts, so that a build error is
+    # reported as itself and not as a mirror that never came up.
+    build(inv.kubernetes.version)
+    urls = addresses(inv)
+    gateway = str(inv.network.gateway)
+    pid = spawn(inv, "artifacts", [
+        sys.executable, "-m", "provision.artifacts.serve", "--address", gateway,
+        "--version", inv.kubernetes.version,
+        "--http-port", str(HTTP_PORT), "--registry-port", str(REGISTRY_PORT),
+    ])
+    service_log = provider.paths(inv).machines_dir / "service-artifacts.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _serving(inv, urls):
+            return urls
+        if not Path(f"/proc/{pid}").exists():
+            tail = service_log.read_text(errors="replace")[-2000:] if service_log.exists() else ""
+            raise ProvisionError(f"the artifact mirror exited while starting; log "
+                                 f"{service_log}:\n{tail}")
+        time.sleep(1)
+    raise ProvisionError(f"the artifact mirror did not answer within {timeout:.0f}s; "
+                         f"log: {service_log}")
+
+
+def _serving(inv: Any, urls: dict[str, str]) -> bool:
+    """Both servers answer and the registry holds the pause image (images pushed)."""
+    from provision.artifacts.serve import in_netns
+    from provision.providers.local import lab_netns
+
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(urls["mirror_url"] + "/apt/Packages", timeout=3):
+                pass
+            req = f"http://{urls['registry']}/v2/_catalog"
+            with urllib.request.urlopen(req, timeout=3) as resp:
+                return b"pause" in resp.read()
+        except OSError:
+            return False
+
+    return in_netns(lab_netns(inv.name), probe)
