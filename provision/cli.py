@@ -232,6 +232,77 @@ def ssh(
     os.execvp(argv[0], argv)
 
 
+artifacts_app = typer.Typer(help="The offline artifact set: build it, see what is cached.",
+                            no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+
+VersionOpt = Annotated[
+    str | None,
+    typer.Option("--version", help="Kubernetes version (default: the inventory's, else newest)."),
+]
+OptionalInventory = Annotated[
+    Path | None,
+    typer.Option("-i", "--inventory", help="Take the Kubernetes version from this inventory.",
+                 envvar="PROVISION_INVENTORY"),
+]
+
+
+def _artifact_version(inventory: Path | None, version: str | None) -> str | None:
+    if version or inventory is None:
+        return version
+    from provision.inventory import load_inventory
+
+    return str(_run(load_inventory, inventory).kubernetes.version)
+
+
+@artifacts_app.command("build")
+def artifacts_build(
+    inventory: OptionalInventory = None,
+    version: VersionOpt = None,
+    update_lock: Annotated[bool, typer.Option(
+        "--update-lock", help="Accept new checksums into the lock file.")] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Build or fetch every artifact for a Kubernetes version (offline; cached)."""
+    import time
+
+    from provision.artifacts import build
+
+    started = time.monotonic()
+    ver = _artifact_version(inventory, version)
+    aset = _run(build, ver, progress=lambda m: err.print(m, markup=False),
+                update_lock=update_lock)
+    data = {"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
+            "images": sorted(aset.images), "seconds": round(time.monotonic() - started, 1)}
+    if output is Output.json:
+        _emit_json(data)
+    else:
+        out.print(f"artifacts for {data['kubernetes']}: {data['artifacts']} ready "
+                  f"({len(data['images'])} images) in {data['seconds']}s")
+
+
+@artifacts_app.command("status")
+def artifacts_status(
+    inventory: OptionalInventory = None,
+    version: VersionOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Show every pinned artifact: present or missing, version, source, sha256."""
+    from provision.artifacts import status as artifact_status
+
+    rows = _run(artifact_status, _artifact_version(inventory, version))
+    if output is Output.json:
+        _emit_json([r.__dict__ for r in rows])
+    else:
+        table = Table("state", "kind", "name", "version", "source", "sha256")
+        for r in rows:
+            table.add_row("present" if r.present else "[red]MISSING[/red]", r.kind, r.name,
+                          r.version, r.source, r.sha256[:12])
+        out.print(table)
+    if not all(r.present for r in rows):
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"provision {__version__}")

@@ -13,7 +13,7 @@ from provision.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 COMMANDS = ["validate", "schema", "plan", "up", "verify", "status", "destroy", "ssh",
-            "kubeconfig"]
+            "kubeconfig", "artifacts"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
