@@ -185,9 +185,13 @@ def output_tail(result: PlaybookResult, lines: int = 8) -> str:
 
 
 def _failure_message(res: dict[str, Any]) -> str:
+    """Ansible's message plus the command's stderr: "non-zero return code" alone says nothing."""
+    parts = []
     for key in ("msg", "stderr", "stdout"):
         value = res.get(key)
         if value:
             text = value if isinstance(value, str) else json.dumps(value)
-            return text.strip()[-2000:]
-    return ""
+            parts.append(text.strip()[-1500:])
+        if len(parts) == 2:
+            break
+    return ": ".join(parts)

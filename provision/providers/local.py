@@ -230,6 +230,7 @@ class LocalProvider:
                 say(n.name, message)
 
         rootfs = image.ensure_image(_image_name(inv), image_progress)
+        raise_inotify_limits(lambda msg: image_progress(msg))
         paths = self.paths(inv)
         ensure_cluster_keypair(paths)
         self._ensure_lab(inv)
@@ -490,6 +491,31 @@ class LocalProvider:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+# Every lab machine shares the box's kernel and, without user namespaces, root's
+# inotify budget: systemd, containerd's CNI config watcher and the kubelet each take
+# instances. Debian's default of 128 instances runs out with a few nodes ("failed to
+# create fsnotify watcher: too many open files" from containerd's CRI plugin), so the
+# provider raises the limits as kind documents. It only ever raises them.
+INOTIFY_MINIMUMS = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 524288,
+}
+
+
+def raise_inotify_limits(say: Any) -> None:
+    for key, minimum in INOTIFY_MINIMUMS.items():
+        path = Path("/proc/sys") / key
+        try:
+            current = int(path.read_text())
+            if current < minimum:
+                path.write_text(f"{minimum}\n")
+                say(f"raised {key.replace('/', '.')} from {current} to {minimum} (lab machines)")
+        except (OSError, ValueError) as exc:
+            raise ProviderError(f"cannot raise {key.replace('/', '.')} to {minimum}: {exc}; "
+                                f"run `sysctl -w {key.replace('/', '.')}={minimum}` as root"
+                                ) from exc
 
 
 def _progress(progress: Progress | None) -> Any:
