@@ -575,11 +575,22 @@ class LibvirtProvider:
                     sock = _connect(s.netns, str(node.address), SSH_PORT, timeout=5)
                     probe(str(node.address), SSH_PORT, user, paths.ssh_private_key,
                           paths.known_hosts, sock=sock, timeout=20)
-                    say(node.name, f"SSH reachable after {time.monotonic() - started:.0f}s")
-                    return None
                 except Exception as e:  # noqa: BLE001 - retried until the deadline
                     last = e
                     time.sleep(2)
+                    continue
+                say(node.name, f"SSH reachable after {time.monotonic() - started:.0f}s")
+                # sshd answers long before boot ends under TCG: wait for cloud-init and
+                # systemd to finish, so the node is whole when the next stage starts.
+                try:
+                    state = _boot_finished(s.netns, str(node.address), user, paths,
+                                           max(30.0, deadline - time.monotonic()))
+                except Exception as e:  # noqa: BLE001 - reported with the console
+                    return (f"{node.name}: SSH works but waiting for the end of boot failed "
+                            f"({e}); console log: {lay.console_log}"
+                            f"{_console_tail(lay.console_log)}")
+                say(node.name, f"booted ({state}) after {time.monotonic() - started:.0f}s")
+                return None
             hint = (" KVM guests hang on some hosts: try PROVISION_LIBVIRT_ACCEL=tcg."
                     if dtype == "kvm" else "")
             return (f"{node.name}: no SSH on {node.address} after {timeout:.0f}s ({last})."
@@ -837,6 +848,36 @@ def _truncate_console(path: str, s_uri: str) -> None:
     if _is_local(s_uri):
         with suppress(OSError):
             Path(path).unlink(missing_ok=True)
+
+
+BOOT_WAIT = ("cloud-init status --wait >/dev/null 2>&1; "
+             "timeout {t} systemctl is-system-running --wait; "
+             "systemctl --failed --no-legend --plain | awk '{{print $1}}'")
+
+
+def _boot_finished(netns: str | None, address: str, user: str, paths: ClusterPaths,
+                   timeout: float) -> str:
+    """Block until cloud-init is done and systemd left 'starting' (strict host key).
+    Returns 'running', or 'degraded: <failed units>'."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(paths.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(address, port=SSH_PORT, username=user,
+                       key_filename=str(paths.ssh_private_key), look_for_keys=False,
+                       allow_agent=False, timeout=20, banner_timeout=20, auth_timeout=20,
+                       sock=_connect(netns, address, SSH_PORT, timeout=10))
+        _, stdout, _ = client.exec_command(BOOT_WAIT.format(t=int(timeout)),
+                                           timeout=timeout + 30)
+        lines = stdout.read().decode(errors="replace").split()
+    finally:
+        client.close()
+    if not lines or lines[0] not in ("running", "degraded"):
+        raise ProviderError(f"systemd is {lines[0] if lines else 'unknown'!r} "
+                            "(boot did not finish)")
+    return lines[0] if lines[0] == "running" else f"degraded: {', '.join(lines[1:])}"
 
 
 def _connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:
