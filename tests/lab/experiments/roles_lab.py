@@ -69,6 +69,8 @@ def run_stage(inv_path: str, name: str) -> int:
     st = stage_def(name)
     roles = ["reset"] if st is None else list(st.roles)
     hosts = targets(inv, st)
+    if os.environ.get("ROLES_LAB_LIMIT"):  # e.g. ROLES_LAB_LIMIT=w-1 for reset
+        hosts = [h for h in hosts if h in os.environ["ROLES_LAB_LIMIT"].split(",")]
     play = {"name": f"stage {name}", "hosts": ",".join(hosts), "roles": roles}
     if st is not None and st.serial:
         play["serial"] = st.serial
