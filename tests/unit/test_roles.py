@@ -65,7 +65,7 @@ def test_every_task_is_named_and_fully_qualified(role):
 @pytest.mark.parametrize("role", ROLE_NAMES)
 def test_private_keys_and_tokens_never_logged(role):
     for task in all_tasks(role):
-        if "block" in task:
+        if "block" in task or "ansible.builtin.stat" in task:  # stat shows no content
             continue
         text = json.dumps(task)
         secret = (".key" in text and ("copy" in text or "slurp" in text)) or \
