@@ -3,9 +3,11 @@
 The cluster's lab namespace ``pv-<cluster>`` holds a private libvirtd; the VM's NIC
 joins the lab bridge ``br-lab`` (providers.libvirt: bridge br-lab, netns
 pv-<cluster>), which the local provider's lab machine uses too. `provision up --until
-os` runs the machines stage for both providers and the os stage on both nodes, with
-their checks; the VM and the lab machine reach each other; `provision destroy`
+machines` runs the machines stage for both providers, with its checks; the VM and
+the lab machine reach each other over the lab bridge; `provision destroy`
 removes both and leaves nothing. The fixture always tears everything down.
+(Run with `--until os --nodes vm-1` too on 2026-11-23: passed; dropped to keep the
+slow tier short, test_libvirt_vm.py proves the os stage on a VM.)
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ def mixed(slow_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     lab = LabLibvirtd(f"pv-{cluster}")  # the cluster's lab namespace
     lab.clusters.append(cluster)
     path = tmp / "inventory.yaml"
+    holder: Any = None
     try:
         vmimage.ensure_vm_image("debian-12")
         lab.start()
         path.write_text(inventory(cluster, lab))
-        yield type("Mixed", (), {"cluster": cluster, "lab": lab, "path": path, "tmp": tmp})
+        holder = type("Mixed", (), {"cluster": cluster, "lab": lab, "path": path, "tmp": tmp})
+        yield holder
     finally:
-        if path.exists():
+        if path.exists() and not getattr(holder, "destroyed", False):
             proc = run("destroy", "-i", str(path), "--yes", timeout=300)
             if proc.returncode != 0:
                 print("destroy during teardown failed:", proc.stdout, proc.stderr)
@@ -84,17 +88,13 @@ def mixed(slow_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 os.environ[k] = v
 
 
-def test_machines_for_both_then_os_on_the_vm(mixed: Any) -> None:
+def test_machines_stage_makes_both_on_one_subnet(mixed: Any) -> None:
     started = time.monotonic()
     proc = run("up", "-i", str(mixed.path), "--until", "machines")
     print(f"up --until machines: {time.monotonic() - started:.0f}s")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
-    # The os stage on the VM only: on the lab machine it needs the offline artifact
-    # mirror (its packages), which this test does not build; the VM image has them.
-    started = time.monotonic()
-    proc = run("up", "-i", str(mixed.path), "--only", "os", "--nodes", "vm-1")
-    print(f"up --only os --nodes vm-1: {time.monotonic() - started:.0f}s")
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    # (The os stage on a VM is proven by test_libvirt_vm.py; on the lab machine it
+    # needs the offline artifact mirror, which this test does not build.)
     # one subnet: the VM reaches the lab machine over br-lab, and back
     for node, peer in (("vm-1", f"{NET}.11"), ("cp-1", f"{NET}.21")):
         config = mixed.tmp / "state" / "clusters" / mixed.cluster / "ssh" / "config"
@@ -109,6 +109,7 @@ def test_destroy_removes_both(mixed: Any) -> None:
 
     proc = run("destroy", "-i", str(mixed.path), "--yes", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    mixed.destroyed = True
     # The VM went first (it is listed first); then the local provider removed the lab
     # namespace and ended every process in it, libvirtd included. So look at what
     # libvirtd keeps on disk: no domain definition, no volume but the base image.
