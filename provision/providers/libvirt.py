@@ -714,8 +714,10 @@ class LibvirtProvider:
                     address = str(inv.node(name).address)
             if address:
                 _set_known_host(paths.known_hosts, address, None)
-        if not s.network and not s.bridge and not self._cluster_domains(inv, conn):
-            self._destroy_network(inv, conn)
+        if not self._cluster_domains(inv, conn):
+            self._stop_services(inv)
+            if not s.network and not s.bridge:
+                self._destroy_network(inv, conn)
 
     def _cluster_domains(self, inv: Any, conn: Any) -> list[str]:
         out = []
@@ -738,6 +740,50 @@ class LibvirtProvider:
                 net.destroy()
         with libvirt_call(f"virNetworkUndefine({name})"):
             net.undefine()
+
+    def spawn_in_lab(self, inv: Any, name: str, argv: list[str]) -> int:
+        """Run a provisioner-side service (the artifact mirror) detached where the VMs
+        reach the gateway: inside ``netns`` when set, else in this host's namespace
+        (the owned network's bridge holds the gateway there for local URIs).
+        Idempotent by ``name``; pidfile and log in the machines dir; destroy stops it
+        with the cluster's last VM."""
+        import subprocess
+
+        s = self.settings(inv)
+        if not _is_local(s.uri):
+            raise ProviderError(f"the artifact mirror cannot run beside VMs on a remote "
+                                f"libvirt host ({s.uri}); use artifacts: {{source: upstream}}")
+        machines = self.paths(inv).machines_dir
+        machines.mkdir(parents=True, exist_ok=True)
+        pidfile, log = machines / f"service-{name}.pid", machines / f"service-{name}.log"
+        pid = _service_pid(pidfile)
+        if pid is not None:
+            return pid
+        prefix = ["ip", "netns", "exec", s.netns] if s.netns else []
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=out, start_new_session=True)
+        pidfile.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def _stop_services(self, inv: Any) -> None:
+        import signal
+
+        machines = self.paths(inv).machines_dir
+        if not machines.is_dir():
+            return
+        for pidfile in machines.glob("service-*.pid"):
+            pid = _service_pid(pidfile)
+            if pid is not None:
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while _service_pid(pidfile) is not None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if _service_pid(pidfile) is not None:
+                    with suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+            pidfile.unlink(missing_ok=True)
 
     def ssh_endpoint(self, inv: Any, node: Any) -> SSHEndpoint:
         s = self.settings(inv)
@@ -878,6 +924,16 @@ def _boot_finished(netns: str | None, address: str, user: str, paths: ClusterPat
         raise ProviderError(f"systemd is {lines[0] if lines else 'unknown'!r} "
                             "(boot did not finish)")
     return lines[0] if lines[0] == "running" else f"degraded: {', '.join(lines[1:])}"
+
+
+def _service_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` if that process still runs (and is not a zombie)."""
+    try:
+        pid = int(pidfile.read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state == "Z" else pid
 
 
 def _connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:

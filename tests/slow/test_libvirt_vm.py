@@ -1,13 +1,17 @@
 """One real VM through libvirt, under TCG, from the image built offline.
 
-A private libvirtd (tests/slow/libvirtd_lab.py) runs in a network namespace this
-module creates; the VM's network is the provider's own isolated libvirt network in
-that namespace, reached through provision.lab.nsproxy like lab machines. The test
-proves: the image builds (or is cached), the VM answers SSH with strict host keys on
-the first connection, it is what the inventory says (hostname, address, route, CPUs,
-memory, grown disk), the guest agent answers, the stage checks pass, a second ensure
-reuses it, stop/start works through ACPI, and destroy leaves no domain, volume,
-network or process. The module fixture always tears everything down.
+A private libvirtd (tests/slow/libvirtd_lab.py) runs in the cluster's lab network
+namespace pv-<cluster>, which this module creates; the VM's network is the
+provider's own isolated libvirt network in that namespace, reached through
+provision.lab.nsproxy like lab machines; the artifact mirror for the os stage runs
+there too, on the gateway address.
+
+The test proves: the image builds (or is cached), the VM answers SSH with strict host
+keys on the first connection, it is what the inventory says (hostname, address,
+route, CPUs, memory, grown disk), the guest agent answers, the machines and os stage
+checks pass (os converged by `provision up`), a second ensure reuses it, stop/start
+works through ACPI, and destroy leaves no domain, volume, network or process. The
+module fixture always tears everything down.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ BUDGET = {"image_build": 600, "create_to_ssh": 600}
 class VMLab:
     def __init__(self, tmp: Path) -> None:
         pid = os.getpid()
-        self.lab = LabLibvirtd(f"pvlv{pid}")
         self.cluster = f"pvvm{pid}"
+        # libvirtd runs in the cluster's lab namespace pv-<cluster>, where provision
+        # also runs the artifact mirror for the os stage (on the gateway address).
+        self.lab = LabLibvirtd(f"pv-{self.cluster}")
         self.lab.clusters.append(self.cluster)
         self.tmp = tmp
         self.timings: dict[str, float] = {}
