@@ -31,7 +31,7 @@ def test_exactly_one_node_holds_the_vip(host, cluster, other_host):
     assert len(holders) == 1, f"VIP held by {holders or 'nobody'}"
 
 
-def test_vip_answers_arp_from_this_node(host, cluster):
+def test_vip_reachable_from_this_node(host, cluster):
     """The VIP is reachable from every control-plane node (TCP connect to haproxy)."""
     vip, port = cluster["provision_api_vip"], cluster.get("provision_api_port", 6443)
     out = host.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{vip}/{port}'")
