@@ -214,16 +214,17 @@ def test_stage_checks_pass(vm: VMLab) -> None:
     from provision.clustervars import global_vars
 
     ran = []
-    for stage in ("machines", "os"):
+    roles_dir = Path(verify.CHECKS_DIR).parent.parent / "roles"
+    for stage, role in (("machines", None), ("os", "os_baseline"),
+                        ("runtime", "container_runtime")):
         if not (verify.CHECKS_DIR / f"{stage}.py").is_file():
             continue
-        if stage == "os":
-            roles = Path(verify.CHECKS_DIR).parent.parent / "roles" / "os_baseline"
-            if not roles.is_dir():
+        if role:
+            if not (roles_dir / role).is_dir():
                 continue
             up = subprocess.run(
                 [os.path.join(os.path.dirname(os.sys.executable), "provision"), "up", "-i",
-                 str(vm.inv.source_path), "--until", "os"],
+                 str(vm.inv.source_path), "--until", stage],
                 capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
             assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
         context = dict(global_vars(vm.inv, {}), stage=stage)
