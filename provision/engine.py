@@ -78,7 +78,7 @@ class Hooks:
     (checks and plan must not change the world).
     """
 
-    ensure_machines: Callable[[list[Any]], None]
+    ensure_machines: Callable[[list[Any]], set[str] | None]
     ssh_endpoints: Callable[[], dict[str, ssh.SSHEndpoint]]
     services: Callable[[], dict[str, str]] = lambda: {}
     service_addresses: Callable[[], dict[str, str]] = lambda: {}  # same, without starting

@@ -70,11 +70,19 @@ class Cluster:
             raise BadInput("\n".join(str(p) for p in errors))
 
     def hooks(self, progress: Any) -> Hooks:
-        def ensure_machines(nodes: list[Any]) -> None:
-            for name, group in self.nodes_by_provider(nodes).items():
+        def ensure_machines(nodes: list[Any]) -> set[str]:
+            """Make machines run; returns the nodes that were not running before."""
+            changed: set[str] = set()
+            # Providers that need a host-side daemon (libvirtd in the lab namespace)
+            # go after the local provider, which creates that namespace.
+            groups = sorted(self.nodes_by_provider(nodes).items(), key=lambda g: g[0] != "local")
+            for name, group in groups:
+                before = self.provider(name).observe(self.inv, group)
+                changed |= {n.name for n in group if str(before.get(n.name)) != "running"}
                 self.provider(name).ensure(
                     self.inv, group,
                     lambda node, msg: progress.node_state("machines", node, "running", msg))
+            return changed
 
         def endpoints() -> dict[str, ssh.SSHEndpoint]:
             return {n.name: self.provider(n.provider).ssh_endpoint(self.inv, n)
@@ -256,7 +264,11 @@ def destroy(inventory_path: Path) -> dict[str, Any]:
     cluster = Cluster(inventory_path)
     names = [n.name for n in cluster.inv.nodes]
     ssh.close_masters(cluster.paths, names)
-    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
+    # The local provider's lab teardown ends every process in the lab namespace (the
+    # mirror, a lab libvirtd), so other providers release their machines first.
+    groups = sorted(cluster.nodes_by_provider(cluster.inv.nodes).items(),
+                    key=lambda g: g[0] == "local")
+    for name, group in groups:
         cluster.provider(name).destroy(cluster.inv, group)
     return {"cluster": cluster.inv.name, "destroyed": names}
 
