@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 # every etcd member holds (etcdctl runs on an etcd member).
 ETCD_PKI_DIR = "/etc/etcd/pki"
 ETCD_CA_CERT = f"{ETCD_PKI_DIR}/ca.crt"
-ETCD_CLIENT_CERT = f"{ETCD_PKI_DIR}/client.crt"
-ETCD_CLIENT_KEY = f"{ETCD_PKI_DIR}/client.key"
+ETCD_CLIENT_CERT = f"{ETCD_PKI_DIR}/operator.crt"  # roles/etcd: the operator client
+ETCD_CLIENT_KEY = f"{ETCD_PKI_DIR}/operator.key"
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 # Agreed with roles/control_plane (kubeadm's default) and roles/api_lb: haproxy server
