@@ -300,7 +300,7 @@ def test_parse_haproxy_servers():
 def test_etcdctl_script_uses_agreed_cert_paths():
     script = etcdctl_script(["https://10.250.0.11:2379", "https://10.250.0.12:2379"])
     assert "--cacert=/etc/etcd/pki/ca.crt" in script
-    assert "--cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key" in script
+    assert "--cert=/etc/etcd/pki/operator.crt --key=/etc/etcd/pki/operator.key" in script
     assert "--endpoints=https://10.250.0.11:2379,https://10.250.0.12:2379" in script
     assert "endpoint health --cluster -w json" in script
 
