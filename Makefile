@@ -10,9 +10,11 @@ INVENTORY ?= inventories/local.yaml
 PYTEST_ARGS ?=
 
 # Debian packages the provisioner host needs (lab machines, artifact build and serving).
+# The slow tier adds libvirt and qemu (TCG virtual machines).
 HOST_PACKAGES := systemd-container debootstrap mmdebstrap iproute2 iptables socat \
-	openssh-client openssh-server nginx-light docker-registry dpkg-dev apt-utils \
-	busybox-static ca-certificates curl python3-venv
+	openssh-client nginx-light docker-registry dpkg-dev apt-utils busybox-static \
+	ca-certificates curl python3-venv \
+	libvirt-daemon-system qemu-system-x86 qemu-utils ipxe-qemu libvirt-dev pkg-config
 
 .PHONY: deps host-deps venv artifacts up test test-unit test-lab lint bench clean
 
@@ -26,7 +28,6 @@ host-deps:
 		apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
 	fi
-	# sshd is used by tests inside namespaces only; never as a host service.
 	command -v go >/dev/null || { echo "error: the Go toolchain (>= 1.25) is needed to build Kubernetes offline; install it and retry" >&2; exit 2; }
 
 venv: $(VENV)/.installed
@@ -34,7 +35,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,libvirt]'
 	touch $@
 
 artifacts: deps
@@ -43,6 +44,14 @@ artifacts: deps
 up: deps artifacts
 	$(PROVISION) up -i $(INVENTORY)
 	$(PROVISION) kubeconfig -i $(INVENTORY)
+	kubectl=$$($(PY) -c 'import sys; from provision.artifacts import build; from provision.inventory import load_inventory; print(build(load_inventory(sys.argv[1]).kubernetes.version).binaries["kubectl"])' $(INVENTORY))
+	kubeconfig=$$($(PROVISION) kubeconfig -i $(INVENTORY) -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kubeconfig"])')
+	echo
+	echo "The cluster is up. Use it with:"
+	echo "  export KUBECONFIG=$$kubeconfig"
+	echo "  $$kubectl get nodes"
+	echo "Shell on a node: $(PROVISION) ssh -i $(INVENTORY) cp-1"
+	echo "Tear it down:    $(PROVISION) destroy -i $(INVENTORY) --yes"
 
 test: deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
