@@ -67,7 +67,7 @@ class EtcdPKI:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _load_or_make_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, bool]:
@@ -143,13 +143,18 @@ def _still_good(cert_path: Path, key: ec.EllipticCurvePrivateKey, ca: x509.Certi
         return False
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                               ec.ECDSA(cert.signature_hash_algorithm))
+        ca_key = ca.public_key()
+        hash_alg = cert.signature_hash_algorithm
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey) or hash_alg is None:
+            return False  # our CA is always EC with a hashed signature: foreign, re-issue
+        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_alg))
     except Exception:  # noqa: BLE001 - unreadable or foreign: re-issue
         return False
     if cert.issuer != ca.subject:
         return False
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, ec.EllipticCurvePublicKey) or \
+            cert_key.public_numbers() != key.public_key().public_numbers():
         return False
     if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
         return False

@@ -118,7 +118,7 @@ def test_certificate_from_another_ca_is_replaced(made, tmp_path):
 
 
 def test_expiring_certificate_is_renewed(made, tmp_path, monkeypatch):
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=pki_mod.LEAF_DAYS - 10)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=pki_mod.LEAF_DAYS - 10)
     monkeypatch.setattr(pki_mod, "_now", lambda: later)
     renewed = ensure_etcd_pki(tmp_path, MEMBERS)
     # every leaf, never the CA
