@@ -226,9 +226,9 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
         else:
             mdir = module_dir(prog.module, prog.version, env, log, work)
             shutil.copytree(mdir, src, symlinks=True)
-            for dirpath, _dirs, files in os.walk(src):
+            for dirpath, _dirs, filenames in os.walk(src):
                 os.chmod(dirpath, 0o755)
-                for fn in files:
+                for fn in filenames:
                     p = os.path.join(dirpath, fn)
                     if not os.path.islink(p):
                         os.chmod(p, 0o644)
@@ -244,7 +244,7 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
             cmd[-1] = str(out / prog.packages[0][0])
         cmd += pkgs
         _run(cmd, src, env, log)
-        files = {}
+        files: dict[str, dict[str, str]] = {}
         for name, pkg in prog.packages:
             built = out / (name if len(pkgs) == 1 else Path(pkg).name)
             if not built.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -55,14 +56,19 @@ def lock_path(version: str, lock_dir: Path | None = None) -> Path:
     return (lock_dir or LOCK_DIR) / f"{version}.yaml"
 
 
+def _entry(e: dict[str, Any]) -> LockEntry:
+    """One lock entry: every field a string except the ``image`` flag."""
+    fields: dict[str, Any] = {k: (v if k == "image" else str(v)) for k, v in e.items()}
+    return LockEntry(**fields)
+
+
 def load(version: str, lock_dir: Path | None = None) -> Lock | None:
     p = lock_path(version, lock_dir)
     if not p.exists():
         return None
     try:
         data = yaml.safe_load(p.read_text()) or {}
-        entries = [LockEntry(**{k: (v if k == "image" else str(v)) for k, v in e.items()})
-                   for e in data.get("artifacts", [])]
+        entries = [_entry(e) for e in data.get("artifacts", [])]
     except (yaml.YAMLError, TypeError) as e:
         raise ArtifactError(f"lock file {p} is not valid: {e}") from e
     if data.get("kubernetes") != version:

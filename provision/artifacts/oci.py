@@ -281,6 +281,8 @@ def push(registry: str, repository: str, tag: str, manifest_digest: str, store) 
         if status != 202:
             raise PushError(f"start upload to {repository}: HTTP {status} {body[:200]!r}")
         location = headers.get("Location") or headers.get("location")
+        if not location:
+            raise PushError(f"start upload to {repository}: HTTP 202 without a Location")
         if location.startswith("/"):
             location = base + location
         sep = "&" if "?" in location else "?"
