@@ -18,7 +18,8 @@ def test_haproxy_listens_on_the_vip(host, cluster):
 def test_haproxy_has_every_api_server(host, cluster):
     csv = host.run("curl -s --max-time 3 'http://127.0.0.1:8404/stats;csv'").stdout
     servers = {line.split(",")[1] for line in csv.splitlines()
-               if line.startswith("kube-apiserver,") and line.split(",")[1] not in ("FRONTEND", "BACKEND")}
+               if line.startswith("kube-apiserver,")
+               and line.split(",")[1] not in ("FRONTEND", "BACKEND")}
     assert servers == {n["name"] for n in cluster.with_role("control-plane")}, csv
 
 
@@ -26,8 +27,9 @@ def test_exactly_one_node_holds_the_vip(host, cluster, other_host):
     cps = cluster.with_role("control-plane")
     if cluster["node"]["name"] != cps[0]["name"]:
         pytest.skip("checked once, from the first control-plane node")
+    vip = f" {cluster['provision_api_vip']}/"
     holders = [n["name"] for n in cps
-               if f" {cluster['provision_api_vip']}/" in other_host(n["name"]).run("ip -o addr show").stdout]
+               if vip in other_host(n["name"]).run("ip -o addr show").stdout]
     assert len(holders) == 1, f"VIP held by {holders or 'nobody'}"
 
 

@@ -32,7 +32,8 @@ def test_leaders_elected(host):
 
 
 def test_certificate_names(host, cluster):
-    sans = host.run("openssl x509 -in /etc/kubernetes/pki/apiserver.crt -noout -ext subjectAltName").stdout
+    sans = host.run("openssl x509 -in /etc/kubernetes/pki/apiserver.crt"
+                    " -noout -ext subjectAltName").stdout
     want = [cluster["provision_api_vip"], "127.0.0.1"]
     for n in cluster.with_role("control-plane"):
         want += [n["name"], n["address"]]

@@ -19,12 +19,14 @@ def test_vxlan_device(host):
 def test_routes_to_every_other_node(host, cluster):
     routes = [r for r in host.run("ip -4 route show dev flannel.1").stdout.splitlines() if r]
     others = [n for n in cluster.nodes
-              if {"control-plane", "worker"} & set(n["roles"]) and n["name"] != cluster["node"]["name"]]
+              if {"control-plane", "worker"} & set(n["roles"])
+              and n["name"] != cluster["node"]["name"]]
     assert len(routes) == len(others), routes
 
 
 def test_node_ready(host, cluster):
-    out = host.run(f"kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node {cluster['node']['name']} -o json")
+    out = host.run("kubectl --kubeconfig /etc/kubernetes/kubelet.conf"
+                   f" get node {cluster['node']['name']} -o json")
     assert out.rc == 0, out.stderr
     ready = {c["type"]: c["status"] for c in json.loads(out.stdout)["status"]["conditions"]}
     assert ready["Ready"] == "True"
@@ -46,7 +48,8 @@ def test_cluster_dns_through_the_service_ip(host, cluster):
                 s.sendto(q, ({cluster.dns_service_ip!r}, 53)); r = s.recv(512); break
             except OSError:
                 r = b''
-        print('.'.join(str(b) for b in r[-4:]) if r and struct.unpack('>H', r[6:8])[0] else 'NOANSWER')
+        answered = r and struct.unpack('>H', r[6:8])[0]
+        print('.'.join(str(b) for b in r[-4:]) if answered else 'NOANSWER')
     """)
     out = host.run(f"python3 -c {shlex.quote(script)}")
     assert out.stdout.strip() == cluster.kubernetes_service_ip, out.stdout + out.stderr

@@ -62,5 +62,6 @@ def test_lab_machine_kernel_settings_are_shadowed(host, in_container):
     if not in_container:
         pytest.skip("real host")
     for key in ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "vm/panic_on_oom"):
-        assert host.run(f"mountpoint -q /proc/sys/{key}").rc == 0, f"/proc/sys/{key} is not shadowed"
+        shadowed = host.run(f"mountpoint -q /proc/sys/{key}").rc == 0
+        assert shadowed, f"/proc/sys/{key} is not shadowed"
     assert host.run("sysctl -n vm.overcommit_memory").stdout.strip() == "1"

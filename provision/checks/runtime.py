@@ -53,7 +53,8 @@ def test_the_sandbox_image_runs(host):
         out = host.run(f"timeout 60 ctr -n k8s.io run -d {image} {name}")
         assert out.rc == 0, out.stderr or out.stdout
         for _ in range(20):
-            status = host.run(f"ctr -n k8s.io task ls | awk '$1 == \"{name}\" {{print $3}}'").stdout.strip()
+            awk = f"awk '$1 == \"{name}\" {{print $3}}'"
+            status = host.run(f"ctr -n k8s.io task ls | {awk}").stdout.strip()
             if status:
                 break
             time.sleep(0.5)

@@ -276,7 +276,7 @@ def test_sweep_removes_what_a_crashed_run_left(lab_host, tmp_path):
     runs before lab tests (leftovers of dead owners) removes everything."""
     import sys
 
-    from conftest import PREFIX, _owner_alive, write_inventory
+    from conftest import PREFIX, _owner_alive
 
     from provision.lab.cleanup import leftovers, sweep
 

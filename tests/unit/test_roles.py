@@ -141,7 +141,8 @@ def test_kubeadm_init_config(container, v1):
     out = render(
         "control_plane", "kubeadm-init.yaml.j2",
         cp_apiserver_port=6443, cp_cri_socket="unix:///run/containerd/containerd.sock",
-        cp_preflight_ignored=["SystemVerification"] if v1 else [], cp_config_dir="/etc/kubernetes/provision",
+        cp_preflight_ignored=["SystemVerification"] if v1 else [],
+        cp_config_dir="/etc/kubernetes/provision",
         cp_cluster_name="local", cp_version="v1.37.2", cp_endpoint="10.250.0.10:6443",
         cp_image_repository="registry.k8s.io", cp_pod_cidr="10.244.0.0/16",
         cp_service_cidr="10.96.0.0/12", cp_cluster_domain="cluster.local",

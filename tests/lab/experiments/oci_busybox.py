@@ -49,7 +49,8 @@ def _layer(busybox: str) -> tuple[bytes, str]:
             link.type = tarfile.SYMTYPE
             link.linkname = "busybox"
             layer.addfile(link)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
+        passwd = "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
+        for name, text in (("etc/passwd", passwd),
                            ("etc/group", "root:x:0:\nnobody:x:65534:\n")):
             data = text.encode()
             info = tarfile.TarInfo(name)
