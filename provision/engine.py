@@ -201,8 +201,8 @@ class Engine:
         if candidates:
             for name in candidates:
                 self.progress.node_state(stage.name, name, "checking")
-            result = self._verify(stage, candidates, suffix="precheck")
-            passed = result.passed_nodes(candidates) if not result.error else set()
+            precheck = self._verify(stage, candidates, suffix="precheck")
+            passed = precheck.passed_nodes(candidates) if not precheck.error else set()
             for name in candidates:
                 if name in passed:
                     outcome.skipped.append(name)
