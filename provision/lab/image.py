@@ -18,7 +18,8 @@ import shutil
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,12 +139,9 @@ def build(recipe: Recipe, log: Callable[[str], None] | None = None) -> None:
     if os.geteuid() != 0:
         raise ProviderError("building the node image needs root (debootstrap, chroot)")
     final = recipe.cache_dir
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    remove_tree(tmp)
-    tmp.mkdir(parents=True)
-    logfile = tmp / "build.log"
-    started = time.monotonic()
-    try:
+    with staged_build(final) as tmp:
+        started = time.monotonic()
+        logfile = tmp / "build.log"
         rootfs = tmp / "rootfs"
         say(f"building image {recipe.name}-{recipe.digest} (debootstrap {recipe.suite})")
         cmd = [
@@ -151,31 +149,58 @@ def build(recipe: Recipe, log: Callable[[str], None] | None = None) -> None:
             f"--include={','.join(recipe.packages)}", recipe.suite, str(rootfs),
             recipe.mirror,
         ]
-        _run(cmd, logfile)
-        overlay = recipe.path / "rootfs"
-        if overlay.is_dir():
-            shutil.copytree(overlay, rootfs, symlinks=True, dirs_exist_ok=True)
-        customize = recipe.path / "customize.sh"
-        if customize.is_file():
-            shutil.copy2(customize, rootfs / "customize.sh")
-            try:
-                _run(["chroot", str(rootfs), "/bin/sh", "/customize.sh"], logfile)
-            finally:
-                (rootfs / "customize.sh").unlink(missing_ok=True)
+        run_logged(cmd, logfile)
+        apply_recipe_files(recipe.path, rootfs, logfile)
         (tmp / "recipe.digest").write_text(recipe.digest + "\n")
         (tmp / "built").write_text(f"{time.monotonic() - started:.1f}\n")
+    say(f"image ready: {final / 'rootfs'}")
+
+
+@contextmanager
+def staged_build(final: Path) -> Iterator[Path]:
+    """Build ``final`` in a fresh temporary sibling directory (yielded; the build logs to
+    its ``build.log``) renamed into place when the block ends. A failed build leaves
+    nothing under ``final`` but its log as ``<final>.failed.log``."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    logfile = tmp / "build.log"
+    try:
+        yield tmp
         remove_tree(final)  # a stale, unfinished image under the final name
         os.rename(tmp, final)
-        say(f"image ready: {final / 'rootfs'}")
     except BaseException:
-        saved = final.with_name(f"{final.name}.failed.log")
         if logfile.exists():
-            shutil.copyfile(logfile, saved)
+            shutil.copyfile(logfile, final.with_name(f"{final.name}.failed.log"))
         remove_tree(tmp)
         raise
 
 
-def _run(cmd: list[str], logfile: Path) -> None:
+def apply_recipe_files(
+    recipe_path: Path,
+    rootfs: Path,
+    logfile: Path,
+    what: str = "image",
+    prefix: Sequence[str] = (),
+) -> None:
+    """Copy the recipe's ``rootfs/`` overlay into ``rootfs``, then run its ``customize.sh``
+    chrooted there (``prefix`` goes before ``chroot``, e.g. ``nice -n 10``)."""
+    overlay = recipe_path / "rootfs"
+    if overlay.is_dir():
+        shutil.copytree(overlay, rootfs, symlinks=True, dirs_exist_ok=True)
+    customize = recipe_path / "customize.sh"
+    if customize.is_file():
+        shutil.copy2(customize, rootfs / "customize.sh")
+        try:
+            run_logged([*prefix, "chroot", str(rootfs), "/bin/sh", "/customize.sh"], logfile, what)
+        finally:
+            (rootfs / "customize.sh").unlink(missing_ok=True)
+
+
+def run_logged(cmd: list[str], logfile: Path, what: str = "image") -> None:
+    """Run one build step, its output appended to ``logfile``; a failure raises
+    ProviderError naming the step (the command, past a leading ``nice -n N``) and the
+    log's last lines."""
     with open(logfile, "ab") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
@@ -183,6 +208,6 @@ def _run(cmd: list[str], logfile: Path) -> None:
     if proc.returncode != 0:
         tail = logfile.read_text(errors="replace").splitlines()[-15:]
         raise ProviderError(
-            f"image build step failed ({cmd[0] if cmd[0] != 'nice' else cmd[3]}, "
+            f"{what} build step failed ({cmd[0] if cmd[0] != 'nice' else cmd[3]}, "
             f"exit {proc.returncode}):\n  " + "\n  ".join(tail)
         )

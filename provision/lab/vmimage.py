@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import time
 import tomllib
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from provision.lab.mounts import remove_tree
 from provision.paths import cache_root
 
 DEFAULT_CMDLINE = "root=LABEL=root rw console=ttyS0,115200n8 net.ifnames=0"
+NICE = ("nice", "-n", "10")  # every build step runs niced
 
 
 @dataclass(frozen=True)
@@ -148,31 +148,18 @@ def ensure_vm_image(name: str, log: Callable[[str], None] | None = None) -> VMIm
 
 def _build(vr: VMRecipe, say: Callable[[str], None]) -> None:
     final = vr.disk_dir
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    remove_tree(tmp)
-    tmp.mkdir(parents=True)
-    logfile = tmp / "build.log"
-    started = time.monotonic()
     r = vr.recipe
-    try:
+    with image.staged_build(final) as tmp:
+        started = time.monotonic()
+        logfile = tmp / "build.log"
         rootfs = tmp / "rootfs"
         say(f"building VM image {vr.name}-{vr.digest} (mmdebstrap {r.suite}, "
             f"{len(r.packages)} packages)")
         # mmdebstrap resolves --include with apt (debootstrap cannot configure
         # cloud-init's Python dependencies in the right order).
-        _run(["nice", "-n", "10", "mmdebstrap", "--mode=root", f"--variant={r.variant}",
+        _run([*NICE, "mmdebstrap", "--mode=root", f"--variant={r.variant}",
               f"--include={','.join(r.packages)}", r.suite, str(rootfs), r.mirror], logfile)
-        overlay = r.path / "rootfs"
-        if overlay.is_dir():
-            shutil.copytree(overlay, rootfs, symlinks=True, dirs_exist_ok=True)
-        customize = r.path / "customize.sh"
-        if customize.is_file():
-            shutil.copy2(customize, rootfs / "customize.sh")
-            try:
-                _run(["nice", "-n", "10", "chroot", str(rootfs), "/bin/sh", "/customize.sh"],
-                     logfile)
-            finally:
-                (rootfs / "customize.sh").unlink(missing_ok=True)
+        image.apply_recipe_files(r.path, rootfs, logfile, "VM image", NICE)
         boot = rootfs / "boot"
         kernels = sorted(boot.glob("vmlinuz-*"))
         initrds = sorted(boot.glob("initrd.img-*"))
@@ -185,9 +172,9 @@ def _build(vr: VMRecipe, say: Callable[[str], None]) -> None:
         raw = tmp / "root.raw"
         with open(raw, "wb") as f:
             f.truncate(vr.size)
-        _run(["nice", "-n", "10", "mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs),
+        _run([*NICE, "mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs),
               "-E", "root_owner=0:0", str(raw)], logfile)
-        _run(["nice", "-n", "10", "qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+        _run([*NICE, "qemu-img", "convert", "-f", "raw", "-O", "qcow2",
               str(raw), str(tmp / "root.qcow2")], logfile)
         raw.unlink()
         remove_tree(rootfs)  # the disk holds it now
@@ -195,26 +182,11 @@ def _build(vr: VMRecipe, say: Callable[[str], None]) -> None:
                 "size": vr.size, "kernel": kernels[-1].name,
                 "seconds": round(time.monotonic() - started, 1)}
         (tmp / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
-        remove_tree(final)  # a stale, unfinished image under the final name
-        os.rename(tmp, final)
-        say(f"VM image ready in {meta['seconds']}s: {final}")
-    except BaseException:
-        if logfile.exists():
-            shutil.copyfile(logfile, final.with_name(f"{final.name}.failed.log"))
-        remove_tree(tmp)
-        raise
+    say(f"VM image ready in {meta['seconds']}s: {final}")
 
 
 def _run(cmd: list[str], logfile: Path) -> None:
-    with open(logfile, "ab") as out:
-        out.write(("$ " + " ".join(cmd) + "\n").encode())
-        out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        tail = logfile.read_text(errors="replace").splitlines()[-15:]
-        raise ProviderError(f"VM image build step failed ({cmd[3]}, exit {proc.returncode}):"
-                            "\n  " + "\n  ".join(tail))
+    image.run_logged(cmd, logfile, "VM image")
 
 
 def main() -> None:  # python -m provision.lab.vmimage [NAME]: build and print the paths
