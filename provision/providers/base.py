@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - only while the inventory package is mi
 
 __all__ = [
     "MachineState", "Problem", "Progress", "Provider", "ProvidersInvalid", "SSHEndpoint",
-    "get_provider", "problem", "register",
+    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register",
 ]
 
 # progress(node_name, message): what the provider is doing, for the progress view.
@@ -89,6 +89,22 @@ def problem(inv: Any, path: str, message: str, hint: str | None = None,
     src = getattr(inv, "source_path", None)
     return Problem(file=str(src) if src else "<inventory>", line=0, column=0, path=path,
                    message=message, hint=hint, severity=severity)  # type: ignore[arg-type]
+
+
+def raise_if_invalid(provider: Provider, inv: Any, nodes: Sequence[Any]) -> None:
+    """The preamble of ``ensure``: the provider's own check, whose errors raise
+    ProvidersInvalid before anything is created."""
+    problems = [p for p in provider.check(inv, nodes) if p.severity == "error"]
+    if problems:
+        raise ProvidersInvalid(provider.name, problems)
+
+
+def quiet_if_none(progress: Progress | None) -> Progress:
+    """``progress`` as a callable that always exists: without one, messages go nowhere."""
+    def say(node: str, message: str) -> None:
+        if progress is not None:
+            progress(node, message)
+    return say
 
 
 _REGISTRY: dict[str, str] = {

@@ -53,8 +53,9 @@ from provision.providers.base import (
     MachineState,
     Problem,
     Progress,
-    ProvidersInvalid,
     problem,
+    quiet_if_none,
+    raise_if_invalid,
 )
 from provision.providers.local import _set_known_host, parse_size
 from provision.providers.sshprobe import probe
@@ -408,10 +409,8 @@ class LibvirtProvider:
     # --- lifecycle ----------------------------------------------------------------------
 
     def ensure(self, inv: Any, nodes: Sequence[Any], progress: Progress | None = None) -> None:
-        say = _progress(progress)
-        problems = [p for p in self.check(inv, nodes) if p.severity == "error"]
-        if problems:
-            raise ProvidersInvalid(self.name, problems)
+        say = quiet_if_none(progress)
+        raise_if_invalid(self, inv, nodes)
         if not nodes:
             return
         s = self.settings(inv)
@@ -793,13 +792,6 @@ class LibvirtProvider:
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _progress(progress: Progress | None) -> Callable[[str, str], None]:
-    def say(node: str, message: str) -> None:
-        if progress is not None:
-            progress(node, message)
-    return say
 
 
 def _gateway(inv: Any) -> str:

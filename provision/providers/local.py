@@ -46,8 +46,9 @@ from provision.providers.base import (
     MachineState,
     Problem,
     Progress,
-    ProvidersInvalid,
     problem,
+    quiet_if_none,
+    raise_if_invalid,
 )
 from provision.providers.sshprobe import probe
 
@@ -219,10 +220,8 @@ class LocalProvider:
     # --- lifecycle ---------------------------------------------------------------
 
     def ensure(self, inv: Any, nodes: Sequence[Any], progress: Progress | None = None) -> None:
-        say = _progress(progress)
-        problems = [p for p in self.check(inv, nodes) if p.severity == "error"]
-        if problems:
-            raise ProvidersInvalid(self.name, problems)
+        say = quiet_if_none(progress)
+        raise_if_invalid(self, inv, nodes)
         if not nodes:
             return
         def image_progress(message: str) -> None:
@@ -516,13 +515,6 @@ def raise_inotify_limits(say: Any) -> None:
             raise ProviderError(f"cannot raise {key.replace('/', '.')} to {minimum}: {exc}; "
                                 f"run `sysctl -w {key.replace('/', '.')}={minimum}` as root"
                                 ) from exc
-
-
-def _progress(progress: Progress | None) -> Any:
-    def say(node: str, message: str) -> None:
-        if progress is not None:
-            progress(node, message)
-    return say
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
