@@ -170,17 +170,22 @@ class Engine:
         for node in nodes:
             self.progress.node_state(stage.name, node.name, "running", "ensure machine")
         ssh.ensure_cluster_keypair(self.paths)
+        changed: set[str] | None = None
         try:
-            self.hooks.ensure_machines(nodes)
+            changed = self.hooks.ensure_machines(nodes)
         except Exception as exc:
             self._fail(stage, nodes[0].name, f"machine provider: {exc}", started)
+        if changed is None:  # a provider that cannot tell: count everything as changed
+            changed = {n.name for n in nodes}
         self.write_ssh_config()
         result = self._verify(stage, [n.name for n in nodes])
         self._gate(stage, [n.name for n in nodes], result, started)
         for node in nodes:
-            self.progress.node_result(stage.name, node.name, "ok", started, time.time())
-            self.progress.node_state(stage.name, node.name, "ok")
-        outcome.converged = [n.name for n in nodes]
+            status = "changed" if node.name in changed else "skipped"
+            self.progress.node_result(stage.name, node.name, status, started, time.time(),
+                                      detail="" if status == "changed" else "already running")
+            self.progress.node_state(stage.name, node.name, status)
+            (outcome.converged if status == "changed" else outcome.skipped).append(node.name)
 
     # ------------------------------------------------------------------ roles
     def _converge_roles(self, stage: Stage, nodes: list[Any], outcome: StageOutcome) -> None:
