@@ -352,7 +352,7 @@ class LocalProvider:
             for log in machines.glob("service-*.log"):
                 log.unlink(missing_ok=True)
         lab = lab_netns(inv.name)
-        _kill_all(netns.pids_in(lab))
+        kill_all(netns.pids_in(lab))
         netns.delete(lab)
         if machines.is_dir() and not any(machines.iterdir()):
             machines.rmdir()
@@ -470,7 +470,7 @@ class LocalProvider:
             cgroups.remove(lay.cgroup)
         mounts.umount_all_under(lay.root)
         nspawn.remove_propagate_dir(lay.machine)
-        _kill_all(netns.pids_in(lay.netns))
+        kill_all(netns.pids_in(lay.netns))
         netns.delete_link(lab_netns(lay.cluster), lay.veth)
         netns.delete(lay.netns)
 
@@ -560,11 +560,13 @@ def _forwarder_alive(pidfile: Path) -> bool:
 
 def _kill_pidfile(pidfile: Path) -> None:
     if _forwarder_alive(pidfile):
-        _kill_all([int(pidfile.read_text())])
+        kill_all([int(pidfile.read_text())])
     pidfile.unlink(missing_ok=True)
 
 
-def _kill_all(pids: list[int], timeout: float = 5) -> None:
+def kill_all(pids: list[int], timeout: float = 5) -> None:
+    """SIGTERM ``pids`` (never this process), then SIGKILL what is still alive after
+    ``timeout`` seconds; returns once they are gone or zombies, or the second wait ends."""
     import signal
 
     pids = [p for p in pids if p != os.getpid()]

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from provision.lab import netns
+from provision.providers.local import kill_all
 
 LIBVIRTD_CONF = """\
 # private test libvirtd: unix socket only, root only
@@ -163,10 +164,10 @@ class LabLibvirtd:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         if self.own_netns:
-            _kill(netns.pids_in(self.name))  # qemu, dnsmasq, anything else left
+            kill_all(netns.pids_in(self.name), timeout=10)  # qemu, dnsmasq, anything else left
             netns.delete(self.name)
         else:
-            _kill(self.qemu_pids())
+            kill_all(self.qemu_pids(), timeout=10)
         for cluster in self.clusters:  # libvirt's own domain logs (<domain>.log)
             for f in Path("/var/log/libvirt/qemu").glob(f"pv-{cluster}-*"):
                 f.unlink(missing_ok=True)
@@ -197,25 +198,3 @@ class LabLibvirtd:
         for n in names:
             for f in (f"{n}.log", f"{n}-console.log"):
                 Path("/var/log/libvirt/qemu", f).unlink(missing_ok=True)
-
-
-def _kill(pids: list[int], timeout: float = 10) -> None:
-    pids = [p for p in pids if p != os.getpid()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pids = [p for p in pids if _alive(p)]
-            if not pids:
-                return
-            time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
