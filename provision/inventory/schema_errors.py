@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from provision.inventory.problems import Problem, format_path
-from provision.inventory.types import ERROR_TYPE
+from provision.inventory.types import ERROR_TYPE, show_value
 from provision.inventory.yamlsource import Positions
 
 
@@ -80,15 +80,7 @@ def suggest(word: str, choices: Sequence[str]) -> str | None:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "a boolean"
-    return repr(value)
+    return "a boolean" if isinstance(value, bool) else show_value(value)
 
 
 _PATTERN_HINTS = {

@@ -25,11 +25,12 @@ def invalid(message: str, hint: str | None = None) -> PydanticCustomError:
 
 def _require_str(value: Any, what: str, example: str) -> str:
     if not isinstance(value, str):
-        raise invalid(f"expected {what}, got {_show(value)}", f"write it like {example}")
+        raise invalid(f"expected {what}, got {show_value(value)}", f"write it like {example}")
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A wrong value as an error message shows it: its kind for a container or null."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
