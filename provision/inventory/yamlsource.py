@@ -90,6 +90,13 @@ class YAMLSyntaxError(Exception):
         super().__init__(str(problem))
 
 
+def _syntax_error(
+    file: str, line: int, col: int, message: str, hint: str | None = None
+) -> YAMLSyntaxError:
+    """An error about the document as a whole, at a line and column."""
+    return YAMLSyntaxError(Problem(file, line, col, DOCUMENT, message, hint))
+
+
 def parse_yaml(text: str, file: str) -> Document:
     """Parse YAML 1.2 (no yes/no booleans, no sexagesimal numbers) with positions."""
     yaml = YAML(typ="rt")
@@ -100,15 +107,12 @@ def parse_yaml(text: str, file: str) -> Document:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         dup = re.match(r'found duplicate key "(.*?)" with value', str(e.problem or ""))
         if dup:  # its own message: ruamel's would repeat both values, maybe a secret
-            raise YAMLSyntaxError(
-                Problem(
-                    file,
-                    line,
-                    col,
-                    DOCUMENT,
-                    f"key {dup.group(1)!r} appears twice in the same mapping",
-                    "keep one of them",
-                )
+            raise _syntax_error(
+                file,
+                line,
+                col,
+                f"key {dup.group(1)!r} appears twice in the same mapping",
+                "keep one of them",
             ) from None
         what = str(e.problem or e.context or "")
         cm = e.context_mark
@@ -118,34 +122,27 @@ def parse_yaml(text: str, file: str) -> Document:
                 what = f"{e.context} (from {where}), {what}"
             else:
                 what += f" ({e.context} that starts at {where})"
-        raise YAMLSyntaxError(
-            Problem(
-                file,
-                line,
-                col,
-                DOCUMENT,
-                f"YAML syntax error: {what}",
-                "fix the YAML syntax here (indentation, ':' after keys, matching brackets "
-                "and quotes)",
-            )
+        raise _syntax_error(
+            file,
+            line,
+            col,
+            f"YAML syntax error: {what}",
+            "fix the YAML syntax here (indentation, ':' after keys, matching brackets and quotes)",
         ) from None
     except ReaderError as e:  # a character YAML does not allow; position is an offset
         before = text[: e.position]
         line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
-        raise YAMLSyntaxError(
-            Problem(
-                file,
-                line,
-                col,
-                DOCUMENT,
-                f"character U+{e.character:04X} is not allowed in YAML"
-                if isinstance(e.character, int)
-                else f"the file is not valid {e.encoding}",
-                "remove it (a control character, often from a copy-paste)",
-            )
+        raise _syntax_error(
+            file,
+            line,
+            col,
+            f"character U+{e.character:04X} is not allowed in YAML"
+            if isinstance(e.character, int)
+            else f"the file is not valid {e.encoding}",
+            "remove it (a control character, often from a copy-paste)",
         ) from None
     except YAMLError as e:  # errors without a position
-        raise YAMLSyntaxError(Problem(file, 1, 1, DOCUMENT, f"YAML error: {e}")) from None
+        raise _syntax_error(file, 1, 1, f"YAML error: {e}") from None
     pos = Positions()
     if isinstance(root, CommentedMap | CommentedSeq):
         pos.values[()] = (root.lc.line + 1, root.lc.col + 1)
