@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from provision.errors import BadInput
+from provision.errors import BadInput, ProviderError
 from provision.executors.ssh import SSHEndpoint
 
 try:  # one Problem type for every static check
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - only while the inventory package is mi
 
 __all__ = [
     "MachineState", "Problem", "Progress", "Provider", "ProvidersInvalid", "SSHEndpoint",
-    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register",
+    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register", "wait_all",
 ]
 
 # progress(node_name, message): what the provider is doing, for the progress view.
@@ -105,6 +106,15 @@ def quiet_if_none(progress: Progress | None) -> Progress:
         if progress is not None:
             progress(node, message)
     return say
+
+
+def wait_all(nodes: Sequence[Any], wait: Callable[[Any], str | None], what: str) -> None:
+    """Run ``wait`` for every node at once; the errors it returns (one line a node) raise
+    ProviderError ``<what> not reachable``."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        errors = [e for e in pool.map(wait, nodes) if e]
+    if errors:
+        raise ProviderError(f"{what} not reachable:\n  " + "\n  ".join(errors))
 
 
 _REGISTRY: dict[str, str] = {

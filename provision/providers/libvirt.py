@@ -34,7 +34,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from provision.providers.base import (
     problem,
     quiet_if_none,
     raise_if_invalid,
+    wait_all,
 )
 from provision.providers.local import _set_known_host, parse_size
 from provision.providers.sshprobe import probe
@@ -595,10 +595,7 @@ class LibvirtProvider:
             return (f"{node.name}: no SSH on {node.address} after {timeout:.0f}s ({last})."
                     f"{hint}\n  console log: {lay.console_log}{_console_tail(lay.console_log)}")
 
-        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as ex:
-            errors = [e for e in ex.map(wait, nodes) if e]
-        if errors:
-            raise ProviderError("VMs not reachable:\n  " + "\n  ".join(errors))
+        wait_all(nodes, wait, "VMs")
 
     def observe(self, inv: Any, nodes: Sequence[Any]) -> dict[str, MachineState]:
         lv = _libvirt()

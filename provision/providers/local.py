@@ -49,6 +49,7 @@ from provision.providers.base import (
     problem,
     quiet_if_none,
     raise_if_invalid,
+    wait_all,
 )
 from provision.providers.sshprobe import probe
 
@@ -456,10 +457,7 @@ class LocalProvider:
             return (f"{node.name}: no SSH on {node.address} after {self.ssh_timeout:.0f}s "
                     f"({last}); see {lay.console_log}")
 
-        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-            errors = [e for e in pool.map(wait, nodes) if e]
-        if errors:
-            raise ProviderError("lab machines not reachable:\n  " + "\n  ".join(errors))
+        wait_all(nodes, wait, "lab machines")
 
     def _stop(self, lay: NodeLayout, timeout: float) -> None:
         pid = lay.pid()
