@@ -141,9 +141,12 @@ class RunRecord:
 
     def stage_log(self, stage: str) -> Path:
         """Where the executor writes a stage's Ansible stdout (redacted again at finish)."""
-        path = self.dir / "ansible" / f"{stage}.log"
+        path = self._ansible_log(stage)
         path.parent.mkdir(exist_ok=True)
         return path
+
+    def _ansible_log(self, stage: str) -> Path:
+        return self.dir / "ansible" / f"{stage}.log"
 
     # -- writing -------------------------------------------------------------------------
 
@@ -310,7 +313,7 @@ class RunRecord:
             return clean
 
     def _stage_dict(self, s: StageRecord) -> dict[str, Any]:
-        stage_log = self.dir / "ansible" / f"{s.name}.log"
+        stage_log = self._ansible_log(s.name)
         nodes: list[dict[str, Any]] = []
         for name in s.nodes:
             r = s.results.get(name) or NodeResult(name, "not-run", 0.0, 0.0)
@@ -358,7 +361,7 @@ class RunRecord:
             }
 
         for s in self._stages.values():
-            stage_log = self.dir / "ansible" / f"{s.name}.log"
+            stage_log = self._ansible_log(s.name)
             for r in s.results.values():
                 if r.status == "failed":
                     log = stage_log if stage_log.exists() else None
