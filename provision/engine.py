@@ -110,8 +110,6 @@ class Engine:
         for stage in stages:
             nodes = [n for n in self.inv.nodes if stage.targets_node(set(n.roles))
                      and (not only_nodes or n.name in only_nodes)]
-            if stage.run_once:
-                nodes = nodes[:1]
             outcomes.append(self.run_stage(stage, nodes))
         return outcomes
 
@@ -144,8 +142,6 @@ class Engine:
         for stage in stages:
             nodes = [n for n in self.inv.nodes if stage.targets_node(set(n.roles))
                      and (not only_nodes or n.name in only_nodes)]
-            if stage.run_once:
-                nodes = nodes[:1]
             names = [n.name for n in nodes]
             self.progress.stage_started(stage.name, names)
             started = time.time()
@@ -199,25 +195,33 @@ class Engine:
             gvars,
         )
         ansible.write_ansible_cfg(self.paths, self.roles_dir)
-        hashes = {n.name: self.stage_hash(stage, n, gvars) for n in nodes}
+        # A run_once stage (cluster-wide work such as applying the CNI) converges on
+        # its first node, which holds the marker, and is verified on every node.
+        apply_to = nodes[:1] if stage.run_once else nodes
+        names = [n.name for n in nodes]
+        hashes = {n.name: self.stage_hash(stage, n, gvars) for n in apply_to}
 
-        stored = self._stored_hashes(stage, [n.name for n in nodes])
+        stored = self._stored_hashes(stage, list(hashes))
         candidates = [n for n in hashes if stored.get(n) == hashes[n]]
         if candidates:
-            for name in candidates:
+            checked = names if stage.run_once else candidates
+            for name in checked:
                 self.progress.node_state(stage.name, name, "checking")
-            precheck = self._verify(stage, candidates, suffix="precheck")
-            passed = precheck.passed_nodes(candidates) if not precheck.error else set()
-            for name in candidates:
+            precheck = self._verify(stage, checked, suffix="precheck")
+            passed = precheck.passed_nodes(checked) if not precheck.error else set()
+            if stage.run_once:
+                passed = set(names) if passed == set(names) else set()
+            for name in checked:
                 if name in passed:
                     outcome.skipped.append(name)
                     self.progress.node_result(stage.name, name, "skipped", started, time.time(),
                                             detail="inputs unchanged and checks pass")
                     self.progress.node_state(stage.name, name, "skipped")
 
-        todo = [n.name for n in nodes if n.name not in outcome.skipped]
+        todo = [n.name for n in apply_to if n.name not in outcome.skipped]
         if not todo:
             return
+        verify_on = names if stage.run_once else todo
         playbook = ansible.write_stage_playbook(
             self.paths, stage.name, list(stage.roles), todo, stage.serial, hashes,
             self.marker_dir)
@@ -254,9 +258,9 @@ class Engine:
                                         last_seen.get(name, time.time()), detail=what, task=task)
                 self.progress.node_state(stage.name, name, "failed", task)
                 raise StageFailed(stage.name, name, what, str(log))
-        verify = self._verify(stage, todo)
-        self._gate(stage, todo, verify, started)
-        for name in todo:
+        verify = self._verify(stage, verify_on)
+        self._gate(stage, verify_on, verify, started)
+        for name in verify_on:
             host = result.hosts.get(name)
             status = "changed" if host and host.status == "changed" else "ok"
             self.progress.node_result(stage.name, name, status, first_seen.get(name, started),

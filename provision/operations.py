@@ -208,6 +208,8 @@ def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[P
         for stage in pipeline.stages:
             if stage.provider_action or not stage.targets_node(set(node.roles)):
                 continue
+            if stage.run_once and node is not first_target(cluster.inv, stage):
+                continue  # the stage's marker lives on its first node only
             stored = node_facts.stage_hashes.get(stage.name) if node_facts else None
             wanted = engine.stage_hash(stage, node, gvars)
             if node_facts and not node_facts.reachable and state == "running":
@@ -223,6 +225,10 @@ def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[P
         actions.append(PlanAction("nothing", "-", "-", "every node is converged; "
                                   "`provision verify` re-checks them"))
     return actions
+
+
+def first_target(inv: Any, stage: Any) -> Any:
+    return next(n for n in inv.nodes if stage.targets_node(set(n.roles)))
 
 
 def _plan_vars(engine: Engine) -> dict[str, Any]:
