@@ -16,6 +16,7 @@ import pytest
 
 from provision import operations
 from provision.executors import ssh
+from provision.lab.cleanup import leftovers, sweep
 
 pytestmark = pytest.mark.lab
 
@@ -35,11 +36,12 @@ def cluster(tmp_path_factory):
                          .replace("apiForwardPort: 16443", f"apiForwardPort: {FORWARD_PORT}"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(base / "state"))
-        operations.destroy(inventory)  # leftovers of a crashed run of this test
+        sweep(NAME)  # leftovers of a crashed run of this test (another state dir)
         try:
             yield inventory
         finally:
             operations.destroy(inventory)
+            assert leftovers(NAME) == [], "destroy left something behind"
 
 
 @pytest.fixture(scope="module")

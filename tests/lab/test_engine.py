@@ -17,6 +17,7 @@ import pytest
 from provision.engine import Engine
 from provision.errors import StageFailed
 from provision.executors import ssh
+from provision.lab.cleanup import leftovers, sweep
 from provision.pipeline import load_pipeline
 from provision.report import RunRecord
 from provision.report.progress import Progress, Tee
@@ -53,13 +54,13 @@ def lab(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(base / "state"))
         cluster = Cluster(path)
-        # a crashed earlier run may have left the same machines behind
-        cluster.provider("local").destroy(cluster.inv, cluster.inv.nodes)
+        sweep("pvtest-engine")  # a crashed earlier run (another state dir) left these
         try:
             yield cluster
         finally:
             ssh.close_masters(cluster.paths, [n.name for n in cluster.inv.nodes])
             cluster.provider("local").destroy(cluster.inv, cluster.inv.nodes)
+            assert leftovers("pvtest-engine") == [], "destroy left something behind"
 
 
 def run(cluster, until=None, nodes=()):
