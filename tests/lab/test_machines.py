@@ -110,9 +110,11 @@ def test_machines_stage_checks_pass(lab_cluster, tmp_path):
         verify.check_module("machines")
     except BadInput:
         pytest.skip("provision/checks/machines.py is not written yet")
+    from provision.clustervars import global_vars
+
     inv = lab_cluster.inv
-    context = {"nodes": {n.name: {"name": n.name, "address": n.address,
-                                  "roles": sorted(n.roles)} for n in inv.nodes}}
+    context = global_vars(inv, {})  # what the engine gives every check
+    lab_cluster.write_ssh_config()  # the checks use the cluster's one ssh config
     result = verify.run_checks(lab_cluster.paths, "machines", NODES, context,
                                tmp_path / "machines.xml", timeout=300)
     assert not result.error, result.error
