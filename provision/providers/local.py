@@ -403,9 +403,14 @@ class LocalProvider:
         self._record_host_key(paths, node, lay)
 
         (etc / "hostname").write_text(f"{node.name}\n")
-        (etc / "hosts").write_text(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{node.address}\t{node.name}\n")
+        hosts = etc / "hosts"
+        # Only a fresh machine gets this minimal file: the os stage owns /etc/hosts
+        # afterwards (every node of the cluster) and a restart must not undo it.
+        current = hosts.read_text().splitlines() if hosts.exists() else []
+        if not any(line.split()[:2] == [str(node.address), node.name] for line in current):
+            hosts.write_text(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"{node.address}\t{node.name}\n")
         prefix = _subnet(inv).prefixlen
         network = etc / "systemd" / "network"
         network.mkdir(parents=True, exist_ok=True)
