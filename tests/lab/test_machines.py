@@ -250,9 +250,23 @@ def test_destroy_leaves_nothing(lab_cluster):
     assert_no_leaks(lab_cluster.name, NODES)
 
 
+def _lab_conftest(*names: str) -> list:
+    """Names from this directory's conftest.py. `from conftest import` is ambiguous when
+    pytest collects tests/lab and tests/slow together (both have a conftest module)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("lab_conftest_helpers",
+                                                  Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return [getattr(module, n) for n in names]
+
+
 def test_failed_ensure_is_cleaned_by_destroy(lab_host, tmp_path, monkeypatch):
     """A machine that never answers SSH in time: ensure fails (bounded), destroy cleans."""
-    from conftest import make_cluster_name, write_inventory
+    make_cluster_name, write_inventory = _lab_conftest("make_cluster_name", "write_inventory")
 
     from provision.errors import ProviderError
     from provision.inventory import load_inventory
@@ -278,7 +292,7 @@ def test_sweep_removes_what_a_crashed_run_left(lab_host, tmp_path):
     runs before lab tests (leftovers of dead owners) removes everything."""
     import sys
 
-    from conftest import PREFIX, _owner_alive
+    PREFIX, _owner_alive = _lab_conftest("PREFIX", "_owner_alive")  # noqa: N806
 
     from provision.lab.cleanup import leftovers, sweep
 
