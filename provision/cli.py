@@ -101,19 +101,31 @@ def schema() -> None:
     _emit_json(inventory_json_schema())
 
 
+Force = Annotated[bool, typer.Option(
+    "--force", help="Accept a plan refused only for safety margins: an even etcd end "
+    "state, a single etcd member, replacing a broken (not gone) machine.")]
+
+
 @app.command()
-def plan(inventory: Inventory, output: OutputOpt = Output.text) -> None:
-    """Show what `up` would do now: machines to create, stages to converge, and why."""
+def plan(inventory: Inventory, force: Force = False, output: OutputOpt = Output.text) -> None:
+    """Show what `up` would do now: membership changes in order, then stages to converge.
+
+    Exit 0 when `up` would proceed, 2 when it would refuse the change.
+    """
     from provision import operations
 
-    actions = _run(operations.plan, inventory)
+    report = _run(operations.plan, inventory, force=force)
     if output is Output.json:
-        _emit_json({"actions": [a.__dict__ for a in actions]})
-        return
-    table = Table("action", "node", "stage", "reason", title="plan")
-    for a in actions:
-        table.add_row(a.action, a.node, a.stage, a.reason)
-    out.print(table)
+        _emit_json(report.to_json())
+    else:
+        out.print(report.membership.to_table(), markup=False, highlight=False)
+        if report.converge:
+            table = Table("action", "node", "stage", "reason", title="stages")
+            for a in report.converge:
+                table.add_row(a.action, a.node, a.stage, a.reason)
+            out.print(table)
+    if not report.ok:
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command()
@@ -122,12 +134,21 @@ def up(
     until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
     only: Annotated[str | None, typer.Option(help="Run only this stage.")] = None,
     nodes: Nodes = None,
+    force: Force = False,
+    force_drain: Annotated[bool, typer.Option(
+        "--force-drain", help="Remove nodes even when a PodDisruptionBudget forbids "
+        "evicting their pods (the pods are deleted).")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Create or converge the cluster: run every stage, verify each before the next."""
+    """Create or converge the cluster to the inventory: add, join, remove, replace.
+
+    A full run plans membership changes first (as `provision plan` shows) and refuses
+    unsafe ones before touching anything; --until/--only/--nodes only converge stages.
+    """
     from provision import operations
 
-    summary = _run(operations.up, inventory, until=until, only=only, nodes=_nodes(nodes))
+    summary = _run(operations.up, inventory, until=until, only=only, nodes=_nodes(nodes),
+                   force=force, force_drain=force_drain)
     _finish(summary, output)
 
 

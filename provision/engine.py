@@ -99,6 +99,9 @@ class Engine:
         self.marker_dir = marker_dir
         self._services: dict[str, str] | None = None
         self._role_digest: dict[str, str] = {}
+        # Extra facts for the checks only (never in the stage hash): e.g. the nodes
+        # that are leaving the cluster once the stages are done.
+        self.check_context: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- public
     def run(self, stages: Sequence[Stage], only_nodes: Sequence[str] = ()) -> list[StageOutcome]:
@@ -320,6 +323,7 @@ class Engine:
         for name in names:
             self.progress.node_state(stage.name, name, "verifying")
         context = dict(self.global_vars(start_services=False))
+        context.update(self.check_context)
         context["stage"] = stage.name
         result = run_checks(self.paths, stage.verify, names, context, junit,
                             checks_dir=self.checks_dir)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from provision import mirror
@@ -21,6 +22,7 @@ from provision.executors import ssh
 from provision.inventory import load_inventory
 from provision.paths import ClusterPaths
 from provision.pipeline import Pipeline, load_pipeline
+from provision.planner import REMOVAL_KINDS
 from provision.providers.base import get_provider
 from provision.report import RunRecord, make_progress
 from provision.report.progress import Tee
@@ -85,8 +87,15 @@ class Cluster:
             return changed
 
         def endpoints() -> dict[str, ssh.SSHEndpoint]:
-            return {n.name: self.provider(n.provider).ssh_endpoint(self.inv, n)
-                    for n in self.inv.nodes}
+            from provision.membership import orphans
+
+            out = {n.name: self.provider(n.provider).ssh_endpoint(self.inv, n)
+                   for n in self.inv.nodes}
+            # machines of removed nodes stay reachable until they are released
+            for name, m in orphans(self).items():
+                out[name] = self.provider(m.provider).ssh_endpoint(
+                    self.inv, SimpleNamespace(name=name, address=m.address))
+            return out
 
         def services() -> dict[str, str]:
             if self.inv.artifacts.source != "offline":
@@ -117,26 +126,42 @@ def _open_run(cluster: Cluster, command: str, inventory_path: Path) -> tuple[Any
 
 
 def up(inventory_path: Path, until: str | None = None, only: str | None = None,
-       nodes: Sequence[str] = (), pipeline_name: str = "cluster") -> RunSummary:
+       nodes: Sequence[str] = (), pipeline_name: str = "cluster", force: bool = False,
+       force_drain: bool = False) -> RunSummary:
+    """Converge the cluster to the inventory: membership plan, stages, removals.
+
+    A full run (no --until/--only/--nodes) first plans membership changes from what
+    the cluster says (``provision plan`` shows the same plan) and refuses unsafe ones
+    before touching anything; see provision/membership.py for the three phases.
+    """
     cluster = Cluster(inventory_path)
     pipeline = load_pipeline(pipeline_name)
     stages = pipeline.narrowed(until=until, only=only)
     cluster.check_providers()
     record, progress = _open_run(cluster, "up", inventory_path)
     engine = Engine(cluster.inv, cluster.paths, record, progress, cluster.hooks(progress))
+    reconcile = not (until or only or nodes) and pipeline_name == "cluster"
     started = time.time()
     outcomes: list[StageOutcome] = []
     error = ""
     try:
-        outcomes = engine.run(stages, nodes)
+        if reconcile:
+            outcomes = _reconcile(cluster, engine, stages, record, progress, force, force_drain)
+        else:
+            outcomes = engine.run(stages, nodes)
     except ProvisionError as exc:
         error = str(exc)
+        if isinstance(exc, BadInput):
+            record.finish("refused", error)
+            progress.close()
+            raise
     except KeyboardInterrupt:
         error = "interrupted; run `provision up` again to resume"
     finally:
         status = "failed" if error else "ok"
-        record.finish(status, error or None)
-        progress.close()
+        if not record.finished:
+            record.finish(status, error or None)
+            progress.close()
     return RunSummary(
         command="up", cluster=cluster.inv.name, status=status,
         record_dir=str(record.dir), report_html=str(record.report_html),
@@ -144,6 +169,60 @@ def up(inventory_path: Path, until: str | None = None, only: str | None = None,
                  "skipped": o.skipped} for o in outcomes],
         error=error, duration=round(time.time() - started, 3),
     )
+
+
+class PlanRefused(BadInput):
+    """The inventory asks for a change that is unsafe (quorum, last control plane)."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        super().__init__("the plan is refused; nothing was changed:\n  "
+                         + "\n  ".join(plan.refusals))
+
+
+# Stages whose checks prove membership; re-run after removals.
+MEMBERSHIP_CHECKS = ("etcd", "api-lb", "control-plane", "workers")
+
+
+def _reconcile(cluster: Cluster, engine: Engine, stages: Sequence[Any], record: Any,
+               progress: Any, force: bool, force_drain: bool) -> list[StageOutcome]:
+    from provision import membership
+
+    before, obs = membership.plan(cluster, engine.write_ssh_config, force)
+    record.write_json("plan.json", {"observed": obs.to_json(), "plan": before.to_json()})
+    known = obs.k8s_known and obs.etcd_known
+    if known and not before.ok:
+        raise PlanRefused(before)
+    for warning in before.warnings:
+        progress.message(f"plan: {warning}")
+    leaving = {a.node for a in before.actions if a.kind in REMOVAL_KINDS}
+    engine.check_context["provision_leaving_nodes"] = sorted(
+        leaving | set(membership.orphans(cluster)))
+    members = membership.Membership(cluster, progress, record, force_drain=force_drain)
+    if known:
+        members.before_pipeline(before)
+    outcomes = engine.run(stages)
+    # Removals follow a fresh observation: after a crash, or when the first look could
+    # not see the membership, this is what is really left to do.
+    after, obs = membership.plan(cluster, engine.write_ssh_config, force)
+    record.write_json("plan-after-stages.json", {"observed": obs.to_json(),
+                                                 "plan": after.to_json()})
+    if not after.ok:
+        raise PlanRefused(after)
+    left = [a for a in after.changes if a.kind not in REMOVAL_KINDS]
+    if left:
+        raise ProvisionError("the stages finished but the cluster still differs from the "
+                             "inventory: " + "; ".join(f"{a.kind} {a.node} ({a.reason})"
+                                                      for a in left)
+                             + f"\n  observation and plan: {record.dir / 'plan-after-stages.json'}")
+    removed = members.after_pipeline(after)
+    if removed:
+        checks = [s for s in stages if s.name in MEMBERSHIP_CHECKS]
+        engine.check_context["provision_leaving_nodes"] = []
+        if not engine.verify_only(checks):
+            raise ProvisionError(f"removed {', '.join(removed)}, but the membership checks "
+                                 f"failed; see {record.report_html}")
+    return outcomes
 
 
 def verify(inventory_path: Path, only: str | None = None,
@@ -176,13 +255,37 @@ class PlanAction:
     reason: str
 
 
-def plan(inventory_path: Path, pipeline_name: str = "cluster") -> list[PlanAction]:
-    """What ``up`` would do now, from what the providers and the nodes report."""
+@dataclass
+class PlanReport:
+    """``provision plan``: membership changes (ordered, with refusals) and the stages
+    each node would converge."""
+
+    membership: Any  # planner.Plan
+    observed: Any  # observe_cluster.Observed
+    converge: list[PlanAction]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.membership.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.membership.to_json(), "observed": self.observed.to_json(),
+                "converge": [a.__dict__ for a in self.converge]}
+
+
+def plan(inventory_path: Path, pipeline_name: str = "cluster", force: bool = False
+         ) -> PlanReport:
+    """What ``up`` would do now, from what the providers, the nodes and the cluster
+    report. Changes nothing."""
+    from provision import membership
+
     cluster = Cluster(inventory_path)
     cluster.check_providers()
     engine = Engine(cluster.inv, cluster.paths, _NullRecord(), _NullProgress(),
                     cluster.hooks(_NullProgress()))
-    return plan_actions(cluster, load_pipeline(pipeline_name), engine)
+    changes, observed = membership.plan(cluster, engine.write_ssh_config, force)
+    return PlanReport(changes, observed, plan_actions(cluster, load_pipeline(pipeline_name),
+                                                      engine))
 
 
 def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[PlanAction]:

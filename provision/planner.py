@@ -58,6 +58,11 @@ KINDS = (CREATE_MACHINE, START_MACHINE, REPLACE_NODE, ADD_ETCD_MEMBER, JOIN_CONT
          JOIN_WORKER, UPDATE_LOAD_BALANCER, DRAIN_AND_REMOVE_WORKER, REMOVE_CONTROL_PLANE,
          REMOVE_ETCD_MEMBER, RELEASE_MACHINE, NOTHING)
 
+# Kinds `up` applies after the stages (provision/membership.py): everything else is
+# done by the stages themselves, or before them.
+REMOVAL_KINDS = frozenset({DRAIN_AND_REMOVE_WORKER, REMOVE_CONTROL_PLANE, REMOVE_ETCD_MEMBER,
+                           RELEASE_MACHINE})
+
 # Kinds that change etcd or Kubernetes membership: `up` runs them one at a time.
 MEMBERSHIP_KINDS = frozenset({REPLACE_NODE, ADD_ETCD_MEMBER, JOIN_CONTROL_PLANE,
                               REMOVE_CONTROL_PLANE, REMOVE_ETCD_MEMBER})
@@ -489,13 +494,11 @@ class _Planner:
         return sorted(seen - set(self.desired), key=natural_key, reverse=True)
 
     def lb_target(self) -> set[str]:
-        """Backends every load balancer should have once the joins are done: the
-        inventory's control plane, plus control-plane nodes still to be removed (each
-        removal takes its own backend out)."""
-        desired = {n.name for n in self.inv.control_plane_nodes}
-        leaving = {n for n in self.removed_names()
-                   if n in self.obs.k8s_nodes and self.obs.k8s_nodes[n].is_control_plane}
-        return desired | leaving
+        """Backends every load balancer should have: the inventory's control plane. A
+        control-plane node that is leaving loses its backend with the additions, before
+        it is drained (the api-lb stage renders backends from the inventory), so no new
+        connection goes to an API server about to stop."""
+        return {n.name for n in self.inv.control_plane_nodes}
 
     def load_balancers(self, joined: list[str]) -> None:
         target = self.lb_target()
@@ -589,7 +592,8 @@ class _Planner:
         if holds_vip:
             steps.append("move the API virtual IP off it (stop keepalived; wait until "
                          "another node holds it)")
-        steps.append(f"remove its backend from haproxy on {_names(lb_hosts)}")
+        steps.append(f"(its haproxy backend on {_names(lb_hosts)} is removed with the "
+                     "additions, by the api-lb stage)")
         steps += ["cordon and drain", "kubectl delete node"]
         member = self.obs.etcd_members.get(name)
         if member is not None and not self.dedicated:
@@ -643,5 +647,5 @@ class _Planner:
                 "--force to accept a single-member etcd")
 
 
-__all__ = ["KINDS", "MEMBERSHIP_KINDS", "Action", "Plan", "natural_key", "plan_changes",
-           "quorum"]
+__all__ = ["KINDS", "MEMBERSHIP_KINDS", "REMOVAL_KINDS", "Action", "Plan", "natural_key",
+           "plan_changes", "quorum"]

@@ -50,9 +50,10 @@ def ansible_dir(paths: ClusterPaths) -> Path:
 
 
 def write_inventory(paths: ClusterPaths, hosts: dict[str, dict[str, Any]],
-                    groups: dict[str, list[str]], global_vars: dict[str, Any]) -> Path:
+                    groups: dict[str, list[str]], global_vars: dict[str, Any],
+                    name: str = "inventory.yaml") -> Path:
     """The generated Ansible inventory: hosts, role groups and the provision_* vars."""
-    out = ansible_dir(paths) / "inventory.yaml"
+    out = ansible_dir(paths) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "all": {
@@ -124,6 +125,14 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
     out = ansible_dir(paths) / f"{stage}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump([play], sort_keys=False))
+    return out
+
+
+def write_playbook(paths: ClusterPaths, name: str, plays: list[dict[str, Any]]) -> Path:
+    """A playbook that is not a stage (reset, say), beside the stage playbooks."""
+    out = ansible_dir(paths) / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(plays, sort_keys=False))
     return out
 
 

@@ -36,7 +36,8 @@ except ImportError:  # pragma: no cover - only while the inventory package is mi
 
 __all__ = [
     "MachineState", "Problem", "Progress", "Provider", "ProvidersInvalid", "SSHEndpoint",
-    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register", "wait_all",
+    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register",
+    "registered_providers", "wait_all",
 ]
 
 # progress(node_name, message): what the provider is doing, for the progress view.
@@ -129,6 +130,10 @@ def register(name: str, target: str) -> None:
     """Add a provider: ``target`` is ``module:Class`` (imported on first use)."""
     _REGISTRY[name] = target
     _INSTANCES.pop(name, None)
+
+
+def registered_providers() -> list[str]:
+    return sorted(_REGISTRY)
 
 
 def get_provider(name: str) -> Provider:

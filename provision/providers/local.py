@@ -258,7 +258,7 @@ class LocalProvider:
         self._stop(self.layout(inv, node), self.stop_timeout)
 
     def observe(self, inv: Any, nodes: Sequence[Any]) -> dict[str, MachineState]:
-        """Nodes may be Node objects or names (e.g. from ``known_nodes``)."""
+        """Nodes may be Node objects or names (e.g. from ``known_machines``)."""
         out = {}
         for node in nodes:
             lay = self.layout(inv, node)
@@ -270,13 +270,19 @@ class LocalProvider:
                 out[lay.node] = MachineState.MISSING
         return out
 
-    def known_nodes(self, inv: Any) -> list[str]:
-        """Every lab machine this cluster has on disk, in the inventory or not any more
-        (for plan: machines to release after a node was removed from the inventory)."""
+    def known_machines(self, inv: Any) -> dict[str, str]:
+        """Every lab machine this cluster has on disk, in the inventory or not any more,
+        with the address it was created with (node name -> address). For `up` and
+        `plan`: a node removed from the inventory still has a machine to drain, reset
+        and release, and the inventory no longer says where it is."""
         machines = self.paths(inv).machines_dir
         if not machines.is_dir():
-            return []
-        return sorted(d.name for d in machines.iterdir() if (d / "node.json").exists())
+            return {}
+        out = {}
+        for meta in sorted(machines.glob("*/node.json")):
+            with contextlib.suppress(OSError, ValueError):
+                out[meta.parent.name] = str(json.loads(meta.read_text())["address"])
+        return out
 
     def destroy(self, inv: Any, nodes: Sequence[Any]) -> None:
         paths = self.paths(inv)

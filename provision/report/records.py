@@ -155,6 +155,12 @@ class RunRecord:
         with self._lock:
             self.redact.add(secret)
 
+    def write_json(self, name: str, data: Any) -> Path:
+        """A named JSON document beside the log (a plan, an observation)."""
+        path = self.dir / name
+        path.write_text(self.redact(json.dumps(data, indent=2, sort_keys=True, default=str)))
+        return path
+
     def log_line(self, text: str) -> None:
         """Append to run.log; every line of ``text`` gets the current UTC timestamp."""
         stamp = iso(self._clock(), millis=True)

@@ -236,7 +236,7 @@ def _free_port() -> int:
 
 def test_destroy_leaves_nothing(lab_cluster):
     p, inv = lab_cluster.provider, lab_cluster.inv
-    assert p.known_nodes(inv) == NODES
+    assert p.known_machines(inv) == {n.name: str(n.address) for n in inv.nodes}
     assert p.observe(inv, ["m-1"]) == {"m-1": MachineState.RUNNING}  # names work too
     started = time.monotonic()
     p.destroy(inv, inv.nodes)
@@ -244,7 +244,7 @@ def test_destroy_leaves_nothing(lab_cluster):
     assert p.observe(inv, inv.nodes) == {n: MachineState.MISSING for n in NODES}
     assert_no_leaks(lab_cluster.name, NODES)
     assert not lab_cluster.paths.machines_dir.exists()
-    assert p.known_nodes(inv) == []
+    assert p.known_machines(inv) == {}
     assert lab_cluster.paths.known_hosts.read_text().strip() == ""
     p.destroy(inv, inv.nodes)  # twice is harmless
     assert_no_leaks(lab_cluster.name, NODES)

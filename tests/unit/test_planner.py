@@ -526,16 +526,18 @@ def test_replace_cp3_by_cp4_adds_before_it_removes(inv):
     ]
     join = action(plan, JOIN_CONTROL_PLANE, "cp-4")
     assert join.details["etcd"] == "member add" and join.details["wait_healthy"]
-    assert join.details["load_balancer_backends"] == ["cp-1", "cp-2", "cp-3", "cp-4"]
+    # cp-3 leaves the load balancers with the additions, before it is drained
+    assert join.details["load_balancer_backends"] == ["cp-1", "cp-2", "cp-4"]
     lb = action(plan, UPDATE_LOAD_BALANCER, "cp-1")
-    assert lb.details["add"] == ["cp-4"] and lb.details["remove"] == []
+    assert lb.details["add"] == ["cp-4"] and lb.details["remove"] == ["cp-3"]
     remove = action(plan, REMOVE_CONTROL_PLANE, "cp-3")
     assert remove.details["holds_vip"] is True
     assert remove.details["lb_hosts"] == ["cp-1", "cp-2", "cp-4"]
     assert remove.details["etcd_member_id"] == member_id("cp-3")
     steps = remove.details["steps"]
     assert steps[0].startswith("move the API virtual IP off it")
-    assert steps[1] == "remove its backend from haproxy on cp-1, cp-2, cp-4"
+    assert steps[1] == ("(its haproxy backend on cp-1, cp-2, cp-4 is removed with the "
+                        "additions, by the api-lb stage)")
     assert any(s.startswith("check etcd members cp-1, cp-2, cp-4 are healthy, then etcd "
                             "member remove") for s in steps)
     assert steps[-1] == "release the machine"
@@ -546,7 +548,9 @@ def test_remove_one_control_plane_of_five(inv):
     plan = plan_changes(inv(cps=("cp-1", "cp-2", "cp-3")), obs)
     # 5 -> 4 -> 3: the intermediate 4 tolerates one failure, like 3; allowed
     assert plan.ok, plan.refusals
-    assert kinds(plan) == [(REMOVE_CONTROL_PLANE, "cp-5"), (REMOVE_CONTROL_PLANE, "cp-4")]
+    assert kinds(plan) == [(UPDATE_LOAD_BALANCER, "cp-1"), (UPDATE_LOAD_BALANCER, "cp-2"),
+                           (UPDATE_LOAD_BALANCER, "cp-3"),
+                           (REMOVE_CONTROL_PLANE, "cp-5"), (REMOVE_CONTROL_PLANE, "cp-4")]
     assert not action(plan, REMOVE_CONTROL_PLANE, "cp-5").details["holds_vip"]
 
 
@@ -571,14 +575,16 @@ def test_removing_two_of_three_etcd_members_is_refused(inv):
     assert "removing cp-2, cp-3 in one edit takes etcd from 3 members to 1 (cp-1)" in msg
     assert "--force" in msg
     # the actions are listed for the operator; `up` applies none of them
-    assert kinds(plan) == [(REMOVE_CONTROL_PLANE, "cp-3"), (REMOVE_CONTROL_PLANE, "cp-2")]
+    assert kinds(plan) == [(UPDATE_LOAD_BALANCER, "cp-1"),
+                           (REMOVE_CONTROL_PLANE, "cp-3"), (REMOVE_CONTROL_PLANE, "cp-2")]
     assert "refused:" in plan.to_table() and "nothing will be changed" in plan.to_table()
 
 
 def test_removing_two_of_three_with_force_goes_one_at_a_time(inv):
     plan = plan_changes(inv(cps=("cp-1",)), cluster(vip="cp-2"), force=True)
     assert plan.ok, plan.refusals
-    assert kinds(plan) == [(REMOVE_CONTROL_PLANE, "cp-3"), (REMOVE_CONTROL_PLANE, "cp-2")]
+    assert kinds(plan) == [(UPDATE_LOAD_BALANCER, "cp-1"),
+                           (REMOVE_CONTROL_PLANE, "cp-3"), (REMOVE_CONTROL_PLANE, "cp-2")]
     assert action(plan, REMOVE_CONTROL_PLANE, "cp-2").details["lb_hosts"] == ["cp-1"]
 
 
@@ -591,7 +597,9 @@ def test_even_end_state_is_refused_unless_forced():
         "than 1 and a network split can leave no majority; use 1 or 3 members, or pass --force"
     ]
     forced = plan_changes(i, cluster(), force=True)
-    assert forced.ok and kinds(forced) == [(REMOVE_CONTROL_PLANE, "cp-3")]
+    assert forced.ok and kinds(forced) == [(UPDATE_LOAD_BALANCER, "cp-1"),
+                                           (UPDATE_LOAD_BALANCER, "cp-2"),
+                                           (REMOVE_CONTROL_PLANE, "cp-3")]
 
 
 def test_even_end_state_when_growing_is_refused_too():
