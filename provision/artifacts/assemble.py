@@ -127,7 +127,9 @@ def build(version: str | None = None, progress: Progress | None = None, *,
                 raise
             goversion, missing_go = lock.go, e
         binaries: dict[str, str] = {}
-        for prog in gobuild.programs(rel):
+        from provision.artifacts import netcheck  # the network check's test image
+
+        for prog in [*gobuild.programs(rel), netcheck.program()]:
             t = time.monotonic()
             key = recipe_key(gobuild.recipe(prog, goversion))
             rec = cache.get_record("go-" + prog.step, key)
@@ -174,6 +176,8 @@ def build(version: str | None = None, progress: Progress | None = None, *,
                 ref, "image", ref.rsplit(":", 1)[1],
                 f"built:provision.artifacts.images ({defn.binary}"
                 + (" + debian tools)" if defn.tools else ")"), digest))
+        netcheck_digest = netcheck.build_image(binaries[netcheck.BINARY], cache, say)
+        image_entries.append(netcheck.image_entry(netcheck_digest))
         produced += image_entries
         timings["images"] = round(time.monotonic() - t, 1)
 
@@ -188,7 +192,8 @@ def build(version: str | None = None, progress: Progress | None = None, *,
     artifacts = [Artifact(e.name, e.kind, e.version, e.source, e.sha256,
                           cache.blob_path(e.sha256)) for e in produced]
     apt = {p: cache.blob_path(i["sha256"]) for p, i in repo["files"].items()}
-    return ArtifactSet(rel.kubernetes, artifacts, dict(img_rec["images"]), apt, cache, timings)
+    built_images = {**img_rec["images"], netcheck.IMAGE_REF: netcheck_digest}
+    return ArtifactSet(rel.kubernetes, artifacts, built_images, apt, cache, timings)
 
 
 @dataclass(frozen=True)

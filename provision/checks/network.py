@@ -1,9 +1,17 @@
 """network stage: flannel on every node, routes to every other node's pod subnet,
-node Ready, and a ClusterIP Service (cluster DNS) answering from every node."""
+node Ready, cluster DNS from every node, and real traffic with the netcheck pods
+(images/netcheck, one per node, deployed by roles/cni): from the pod on every node to
+the pods on every other node by pod IP, to the netcheck Service by ClusterIP and by
+DNS name through the pod's own resolv.conf; and from every node to every pod."""
+
+from __future__ import annotations
 
 import json
 import shlex
 import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def test_flannel_running_here(host):
@@ -60,37 +68,236 @@ def test_cluster_dns_through_the_service_ip(host, cluster):
     assert resolve_through_cluster_dns(host, cluster, name) == cluster.kubernetes_service_ip
 
 
+# -- the netcheck pods ---------------------------------------------------------------
+
 NETCHECK_NS = "provision-netcheck"  # roles/cni: cni_netcheck_namespace
+NETCHECK_PORT = 8080  # roles/cni: cni_netcheck_port (the Service listens on 80)
+NETCHECK_BIN = "/netcheck"
+SWEEP_FLAGS = ("-timeout", "3s", "-attempts", "3")
+ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
 
 
-def test_netcheck_pods_answer_across_nodes(host, cluster):
-    """A netcheck pod runs on every node; from this node, every pod answers on its pod
-    IP (the pods on other nodes over the VXLAN), and the netcheck Service answers both
-    on its ClusterIP and on the address cluster DNS gives for its name.
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    node: str
+    ip: str
 
-    (From inside pods would be better still; the only client in our images, busybox
-    wget, crashes in the flannel image: a test image is planned.)"""
-    first = cluster.with_role("control-plane")[0]["name"]
-    if cluster["node"]["name"] != first:
-        return  # needs kubectl (admin.conf): asked once, from the first control plane
-    kubectl = f"kubectl --kubeconfig /etc/kubernetes/admin.conf -n {NETCHECK_NS}"
-    out = host.run(f"{kubectl} get pods -l app=netcheck -o json")
-    assert out.rc == 0, out.stderr
-    pods = {p["spec"]["nodeName"]: p["status"].get("podIP")
-            for p in json.loads(out.stdout)["items"] if p["status"].get("phase") == "Running"}
-    kube_nodes = {n["name"] for n in cluster.nodes
-                  if {"control-plane", "worker"} & set(n["roles"])}
-    assert set(pods) == kube_nodes, f"netcheck pods run on {sorted(pods)}"
-    for node, ip in sorted(pods.items()):
-        answer = host.run(f"curl -s -m 5 http://{ip}:8080/")
-        assert answer.stdout.strip() == node, f"pod on {node} ({ip}): {answer.stderr}"
-    out = host.run(f"{kubectl} get service netcheck -o jsonpath={{.spec.clusterIP}}")
-    cluster_ip = out.stdout.strip()
-    assert out.rc == 0 and cluster_ip, out.stderr
+    def __str__(self) -> str:
+        return f"pod {self.name} on {self.node} ({self.ip})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One target of a sweep and what a right answer is."""
+
+    target: str  # get:URL | resolve:NAME (netcheck sweep syntax)
+    what: str  # for messages: "pod netcheck-x on worker-1 (10.244.3.2:8080)"
+    node: str = ""  # get: the node the answer must name
+    any_node: frozenset[str] = frozenset()  # get: the answer names one of these
+    addrs: tuple[str, ...] = ()  # resolve: exactly these addresses
+
+
+def running_pods(pod_list: dict[str, Any]) -> list[Pod]:
+    """Running and Ready pods of a ``kubectl get pods -o json`` answer."""
+    out = []
+    for p in pod_list.get("items", []):
+        status = p.get("status", {})
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions", []))
+        if status.get("phase") == "Running" and ready and status.get("podIP"):
+            out.append(Pod(p["metadata"]["name"], p["spec"]["nodeName"], status["podIP"]))
+    return sorted(out, key=lambda p: p.node)
+
+
+def probes_from(source: Pod, pods: list[Pod], cluster_ip: str, kubernetes_ip: str,
+                domain: str) -> list[Probe]:
+    """What the pod ``source`` must reach: every pod on another node by pod IP, the
+    Service by ClusterIP, by name (through the pod's resolv.conf) and its DNS records."""
+    nodes = frozenset(p.node for p in pods)
+    fqdn = f"netcheck.{NETCHECK_NS}.svc.{domain}"
+    probes = [Probe(f"get:http://{p.ip}:{NETCHECK_PORT}/", f"{p} port {NETCHECK_PORT}",
+                    node=p.node)
+              for p in pods if p.node != source.node]
+    probes += [
+        Probe(f"get:http://{cluster_ip}/", f"Service netcheck by ClusterIP {cluster_ip}:80",
+              any_node=nodes),
+        Probe(f"get:http://netcheck.{NETCHECK_NS}/",
+              f"Service netcheck by name (netcheck.{NETCHECK_NS}, via the search path)",
+              any_node=nodes),
+        Probe(f"resolve:{fqdn}", f"cluster DNS for {fqdn}", addrs=(cluster_ip,)),
+        Probe("resolve:kubernetes.default", "cluster DNS for kubernetes.default",
+              addrs=(kubernetes_ip,)),
+    ]
+    return probes
+
+
+def sweep_argv(source: Pod, probes: list[Probe]) -> list[str]:
+    return [*ADMIN_KUBECTL.split(), "-n", NETCHECK_NS, "exec", source.name, "-c", "netcheck",
+            "--", NETCHECK_BIN, "sweep", *SWEEP_FLAGS, *(p.target for p in probes)]
+
+
+def judge(source: Pod, probes: list[Probe], rc: int, stdout: str, stderr: str) -> list[str]:
+    """Failures of one sweep, each naming the source pod and node, the target and the
+    error; [] when every probe got the right answer."""
+    results: dict[str, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "target" in r:
+            results[r["target"]] = r
+    failures = []
+    how = f"kubectl exec exit {rc}: {stderr.strip()[-300:] or 'no output'}"
+    for probe in probes:
+        r = results.get(probe.target)
+        if r is None:
+            failures.append(f"from {source} to {probe.what}: no answer from netcheck ({how})")
+            continue
+        problem = _wrong(probe, r)
+        if problem:
+            failures.append(f"from {source} to {probe.what}: {problem}")
+    return failures
+
+
+def _wrong(probe: Probe, r: dict[str, Any]) -> str:
+    if not r.get("ok"):
+        return f"{r.get('error') or 'failed'} ({r.get('attempts', '?')} attempts)"
+    if probe.target.startswith("resolve:"):
+        got = tuple(sorted(r.get("addrs") or ()))
+        return "" if got == tuple(sorted(probe.addrs)) else \
+            f"resolved to {', '.join(got) or 'nothing'}, expected {', '.join(probe.addrs)}"
+    try:
+        answered = json.loads(r.get("body") or "").get("node", "")
+    except (ValueError, AttributeError):
+        return f"answered {str(r.get('body'))[:120]!r}, not netcheck's JSON"
+    if probe.node and answered != probe.node:
+        return f"answered from node {answered!r}, expected {probe.node!r}"
+    if probe.any_node and answered not in probe.any_node:
+        return f"answered from node {answered!r}, not a cluster node"
+    return ""
+
+
+# One python3 on the kubectl node runs every pod's sweep at once: {pod: argv} -> JSON.
+PARALLEL = textwrap.dedent("""
+    import json, subprocess, sys
+    from concurrent.futures import ThreadPoolExecutor
+    jobs = json.loads(sys.argv[1])
+    def run(item):
+        name, argv = item
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            return name, {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+        except (OSError, subprocess.SubprocessError) as e:
+            return name, {"rc": -1, "stdout": "", "stderr": str(e)}
+    with ThreadPoolExecutor(max(1, len(jobs))) as ex:
+        print(json.dumps(dict(ex.map(run, sorted(jobs.items())))))
+""")
+
+
+@dataclass
+class Netcheck:
+    """The netcheck pods and every pod's sweep, asked once per check run."""
+
+    pods: dict[str, Pod] = field(default_factory=dict)  # node -> its pod
+    cluster_ip: str = ""
+    failures: dict[str, list[str]] = field(default_factory=dict)  # source node -> failures
+    error: str = ""  # the sweep could not run at all
+    seconds: float = 0.0
+
+
+_RUN: dict[str, Netcheck] = {}
+
+
+def kubectl_host(host, cluster, other_host):
+    """A control-plane node (admin.conf): this one if it is, else the first."""
+    if "control-plane" in cluster["node"].get("roles", []):
+        return host
+    return other_host(cluster.with_role("control-plane")[0]["name"])
+
+
+def netcheck(host, cluster, other_host) -> Netcheck:
+    """Every netcheck pod's sweep, run in parallel from one control-plane node the first
+    time a node's check asks; later nodes read their part."""
+    if "run" in _RUN:
+        return _RUN["run"]
+    run = _RUN["run"] = Netcheck()
+    started = time.monotonic()
+    cp = kubectl_host(host, cluster, other_host)
+    kubectl = f"{ADMIN_KUBECTL} -n {NETCHECK_NS}"
+    out = cp.run(f"{kubectl} get pods -l app=netcheck -o json")
+    if out.rc != 0:
+        run.error = f"kubectl get pods: {out.stderr.strip()}"
+        return run
+    pods = running_pods(json.loads(out.stdout))
+    run.pods = {p.node: p for p in pods}
+    out = cp.run(f"{kubectl} get service netcheck -o jsonpath={{.spec.clusterIP}}")
+    run.cluster_ip = out.stdout.strip()
+    if out.rc != 0 or not run.cluster_ip:
+        run.error = f"kubectl get service netcheck: {out.stderr.strip()}"
+        return run
     domain = cluster.get("provision_cluster_domain", "cluster.local")
-    resolved = resolve_through_cluster_dns(host, cluster,
-                                           f"netcheck.{NETCHECK_NS}.svc.{domain}")
-    assert resolved == cluster_ip, f"DNS gave {resolved}, the Service is {cluster_ip}"
-    for _ in range(3):  # kube-proxy picks a pod at random: ask a few times
-        answer = host.run(f"curl -s -m 5 http://{cluster_ip}/")
-        assert answer.stdout.strip() in kube_nodes, f"Service: {answer.stderr}"
+    plans = {p.node: (p, probes_from(p, pods, run.cluster_ip, cluster.kubernetes_service_ip,
+                                     domain)) for p in pods}
+    jobs = {node: sweep_argv(p, probes) for node, (p, probes) in plans.items()}
+    out = cp.run(f"python3 -c {shlex.quote(PARALLEL)} {shlex.quote(json.dumps(jobs))}")
+    try:
+        answers = json.loads(out.stdout)
+    except ValueError:
+        run.error = f"running the sweeps: exit {out.rc}: {(out.stderr or out.stdout)[-500:]}"
+        return run
+    for node, (pod, probes) in plans.items():
+        a = answers.get(node, {"rc": -1, "stdout": "", "stderr": "not run"})
+        run.failures[node] = judge(pod, probes, a["rc"], a["stdout"], a["stderr"])
+    run.seconds = round(time.monotonic() - started, 1)
+    return run
+
+
+def kube_node_names(cluster) -> set[str]:
+    return {n["name"] for n in cluster.nodes if {"control-plane", "worker"} & set(n["roles"])}
+
+
+def test_netcheck_pod_on_every_node(host, cluster, other_host):
+    """One Running, Ready netcheck pod on every Kubernetes node."""
+    run = netcheck(host, cluster, other_host)
+    assert not run.error, run.error
+    assert set(run.pods) == kube_node_names(cluster), \
+        f"netcheck pods run on {sorted(run.pods)}, expected {sorted(kube_node_names(cluster))}"
+
+
+def test_pod_reaches_other_nodes_service_and_dns(host, cluster, other_host):
+    """From the netcheck pod on this node: every pod on every other node by pod IP,
+    the netcheck Service by ClusterIP and by name, cluster DNS (the pod's resolv.conf)."""
+    run = netcheck(host, cluster, other_host)
+    assert not run.error, run.error
+    me = cluster["node"]["name"]
+    assert me in run.pods, f"no running netcheck pod on {me}"
+    failures = run.failures.get(me, [])
+    assert not failures, "\n".join(failures)
+
+
+def test_node_reaches_every_netcheck_pod_and_the_service(host, cluster, other_host):
+    """From this node (host network): every other node's netcheck pod over the VXLAN,
+    and the netcheck Service on its ClusterIP and on the address DNS gives its name."""
+    run = netcheck(host, cluster, other_host)
+    assert not run.error, run.error
+    me = cluster["node"]["name"]
+    failures = []
+    for node, pod in sorted(run.pods.items()):
+        if node == me:
+            continue
+        answer = host.run(f"curl -sS -m 3 --retry 2 --retry-connrefused "
+                          f"http://{pod.ip}:{NETCHECK_PORT}/")
+        if answer.rc != 0 or f'"node":"{node}"' not in answer.stdout:
+            failures.append(f"from node {me} to {pod}: {answer.stderr.strip() or answer.stdout}")
+    domain = cluster.get("provision_cluster_domain", "cluster.local")
+    resolved = resolve_through_cluster_dns(host, cluster, f"netcheck.{NETCHECK_NS}.svc.{domain}")
+    if resolved != run.cluster_ip:
+        failures.append(f"from node {me}: cluster DNS gave {resolved} for the netcheck "
+                        f"Service, its ClusterIP is {run.cluster_ip}")
+    answer = host.run(f"curl -sS -m 3 --retry 2 http://{run.cluster_ip}/")
+    if answer.rc != 0 or '"node":' not in answer.stdout:
+        failures.append(f"from node {me} to Service netcheck by ClusterIP {run.cluster_ip}: "
+                        f"{answer.stderr.strip() or answer.stdout}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,3 @@
+module provision.local/netcheck
+
+go 1.26.0
