@@ -282,12 +282,18 @@ class Engine:
 
     def stage_hash(self, stage: Stage, node: Any, gvars: dict[str, Any]) -> str:
         """Everything that decides what converging this stage on this node does."""
+        groups = clustervars.groups(self.inv)
+        if stage.sees is not None:
+            groups = {g: groups[g] for g in stage.sees}
+            seen = {n for members in groups.values() for n in members} | {node.name}
+            gvars = {**gvars, "provision_nodes": [n for n in gvars["provision_nodes"]
+                                                  if n["name"] in seen]}
         inputs = {
             "stage": stage.name,
             "roles": {r: self._role_hash(r) for r in stage.roles},
             "global": gvars,
             "host": clustervars.host_vars(node),
-            "groups": clustervars.groups(self.inv),
+            "groups": groups,
             "artifacts": self.hooks.artifact_versions(),
         }
         blob = json.dumps(inputs, sort_keys=True, default=str).encode()

@@ -16,6 +16,7 @@ from provision.errors import BadInput
 from provision.paths import repo_root
 
 NODE_ROLES = ("control-plane", "etcd", "worker")
+STAGE_GROUPS = ("control_plane", "etcd", "workers", "kube_nodes")  # clustervars.groups
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class Stage:
     provider_action: str | None = None
     serial: int = 0
     run_once: bool = False
+    # The inventory groups (provision/clustervars.GROUPS, plus kube_nodes) whose
+    # membership the stage's roles read; None: every node. Only they enter the stage
+    # hash, so adding a worker does not re-converge etcd on the control plane.
+    sees: tuple[str, ...] | None = None
 
     def targets_node(self, node_roles: set[str]) -> bool:
         return "all" in self.targets or bool(node_roles & set(self.targets))
@@ -84,7 +89,7 @@ def parse_pipeline(data: Any, path: Path) -> Pipeline:
     stages: list[Stage] = []
     seen: set[str] = set()
     known_keys = {"name", "description", "targets", "requires", "converge", "verify",
-                  "serial", "run_once"}
+                  "serial", "run_once", "sees"}
     for i, raw in enumerate(data["stages"]):
         where = f"stages[{i}]"
         if not isinstance(raw, dict) or "name" not in raw:
@@ -106,6 +111,10 @@ def parse_pipeline(data: Any, path: Path) -> Pipeline:
         provider_action = converge.get("provider")
         if bool(roles) == bool(provider_action):
             raise bad(f"{where}.converge", "give exactly one of 'roles' or 'provider'")
+        sees = raw.get("sees")
+        if sees is not None and (not isinstance(sees, list)
+                                 or not set(sees) <= set(STAGE_GROUPS)):
+            raise bad(f"{where}.sees", f"a list of groups among {sorted(STAGE_GROUPS)}")
         stages.append(
             Stage(
                 name=name,
@@ -117,6 +126,7 @@ def parse_pipeline(data: Any, path: Path) -> Pipeline:
                 provider_action=provider_action,
                 serial=int(raw.get("serial", 0)),
                 run_once=bool(raw.get("run_once", False)),
+                sees=tuple(sees) if sees is not None else None,
             )
         )
         seen.add(name)
