@@ -1,9 +1,9 @@
 """Assemble the artifact set of a release: the one entry point ``build``.
 
-Order: Go programs (Kubernetes, CoreDNS, flannel, the flannel CNI plugin, pause,
-crictl), Debian packages (node closure plus what images need), the apt repository,
-the images. Every step is cached by its inputs (cache.py), so a warm build only looks
-records up and checks them against the lock.
+Order: Go programs (Kubernetes, CoreDNS, flannel, the flannel CNI plugin, etcd,
+pause, crictl), Debian packages (node closure plus what images need), our etcd
+packages, the apt repository, the images. Every step is cached by its inputs
+(cache.py), so a warm build only looks records up and checks them against the lock.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.artifacts import debs, gobuild, images, locks, versions
+from provision.artifacts import debs, etcdpkg, gobuild, images, locks, versions
 from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
 from provision.artifacts.locks import LockEntry
@@ -91,7 +91,8 @@ def _deb_pins(rel: versions.Release, lock: locks.Lock | None, update: bool,
               progress: Progress) -> tuple[dict[str, str], set[str]]:
     """({package: version}, names used inside images)."""
     if lock is not None and not update and lock.of_kind("deb"):
-        entries = lock.of_kind("deb")
+        # .debs we build (etcd) are not downloaded from Debian
+        entries = [e for e in lock.of_kind("deb") if not e.source.startswith("built:")]
         pins = {e.name.removeprefix("deb/"): e.version for e in entries}
         return pins, {e.name.removeprefix("deb/") for e in entries if e.image}
     progress("debs: resolving the dependency closure with apt")
@@ -162,7 +163,13 @@ def build(version: str | None = None, progress: Progress | None = None, *,
         timings["debs"] = round(time.monotonic() - t, 1)
 
         t = time.monotonic()
-        repo = debs.build_repo(deb_rec, cache, say)
+        etcd_rec = etcdpkg.build_debs(rel.etcd, binaries, cache, say)
+        produced += [LockEntry(f"deb/{n}", "deb", i["version"], etcdpkg.lock_source(rel.etcd),
+                               i["sha256"]) for n, i in sorted(etcd_rec["files"].items())]
+        timings["etcd-debs"] = round(time.monotonic() - t, 1)
+
+        t = time.monotonic()
+        repo = debs.build_repo({"files": {**deb_rec["files"], **etcd_rec["files"]}}, cache, say)
         timings["apt-repo"] = round(time.monotonic() - t, 1)
 
         t = time.monotonic()

@@ -163,6 +163,16 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
                             f"{cwd}:\n  " + "\n  ".join(tail) + f"\n  full log: {log}")
 
 
+def exec_name(pkg: str) -> str:
+    """The file name `go build -o DIR/` gives a package's binary: its last path
+    element, or the one before a major-version suffix (go.etcd.io/etcd/etcdctl/v3 ->
+    etcdctl), as cmd/go does."""
+    parts = pkg.rstrip("/").split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[2-9][0-9]*", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
 def _patch_source(prog: GoProgram, src: Path, env: dict[str, str], log: Path) -> None:
     for rel, imp in prog.drop_imports:
         f = src / rel
@@ -246,7 +256,7 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
         _run(cmd, src, env, log)
         files: dict[str, dict[str, str]] = {}
         for name, pkg in prog.packages:
-            built = out / (name if len(pkgs) == 1 else Path(pkg).name)
+            built = out / (name if len(pkgs) == 1 else exec_name(pkg))
             if not built.is_file():
                 raise ArtifactError(f"go build of {pkg} produced no {built.name}; log {log}")
             os.chmod(built, 0o755)
@@ -314,6 +324,19 @@ def programs(rel) -> list[GoProgram]:  # rel: versions.Release
             # (module zips carry no vendor/ directory: dependencies come from the proxy)
             ldflags=("-s", "-w", "-X github.com/containernetworking/plugins/pkg/utils/"
                      f"buildversion.BuildVersion={v.FLANNEL_CNI_VERSION}"),
+        ),
+        GoProgram(
+            # etcd's modules replace each other with ../<dir>, which published module
+            # zips do not contain: a wrapper requires the three at one release instead.
+            # The version printed comes from the source (api/v3/version); the git
+            # commit is unknown from the proxy, so it is stamped as zeros like
+            # Kubernetes' gitCommit.
+            step="etcd", strategy="wrapper", module="go.etcd.io/etcd/server/v3",
+            version=rel.etcd, wrapper=f"etcd-{rel.etcd}",
+            packages=(("etcd", "go.etcd.io/etcd/server/v3"),
+                      ("etcdctl", "go.etcd.io/etcd/etcdctl/v3"),
+                      ("etcdutl", "go.etcd.io/etcd/etcdutl/v3")),
+            ldflags=("-s", "-w", "-X go.etcd.io/etcd/api/v3/version.GitSHA=0000000"),
         ),
         GoProgram(
             step="pause", strategy="wrapper", module="provision.local/pause",

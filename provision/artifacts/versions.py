@@ -31,6 +31,10 @@ class Release:
     coredns: str  # v1.14.6  (kubeadm constants.CoreDNSVersion)
     pause: str  # 3.10.2   (kubeadm constants.PauseVersion)
     min_external_etcd: str  # kubeadm constants.MinExternalEtcdVersion (for docs/preflight)
+    # etcd we build and package (Debian 12's 3.4.23 is below min_external_etcd): the
+    # minor kubeadm of this release defaults to (constants.DefaultEtcdVersion), at the
+    # newest patch the module proxy serves.
+    etcd: str
 
     @property
     def minor(self) -> str:
@@ -50,6 +54,7 @@ RELEASES: dict[str, Release] = {
         coredns="v1.14.6",
         pause="3.10.2",
         min_external_etcd="3.5.24-0",
+        etcd="v3.7.3",  # kubeadm DefaultEtcdVersion 3.7.0-0
     ),
     "v1.36.3": Release(
         kubernetes="v1.36.3",
@@ -57,6 +62,7 @@ RELEASES: dict[str, Release] = {
         coredns="v1.14.2",
         pause="3.10.2",
         min_external_etcd="3.5.24-0",
+        etcd="v3.6.16",  # kubeadm DefaultEtcdVersion 3.6.8-0
     ),
 }
 
@@ -78,13 +84,13 @@ def release(version: str) -> Release:
 
 
 # Node OS packages the roles install, served as an apt repository with their full
-# dependency closure. Add here what a role starts to install.
+# dependency closure. Add here what a role starts to install. etcd-server and
+# etcd-client are not Debian's: we build them (etcdpkg.py) and add them to the
+# repository under the same names.
 NODE_PACKAGES: tuple[str, ...] = (
     "containerd",
     "runc",
     "containernetworking-plugins",
-    "etcd-server",
-    "etcd-client",
     "haproxy",
     "keepalived",
     "conntrack",

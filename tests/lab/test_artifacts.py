@@ -172,3 +172,108 @@ def test_crictl_pulls_through_the_mirror(namespaces, served, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(ctrd.pid, signal.SIGKILL)
             ctrd.wait(timeout=10)
+
+
+def _etcd_debs_unpacked(aset, root):
+    from provision.artifacts import debs
+
+    debs.extract([a.path for a in aset.artifacts
+                  if a.name in ("deb/etcd-server", "deb/etcd-client")], root)
+    return root / "usr" / "bin"
+
+
+def test_etcd_packages_carry_the_pinned_release(served, tmp_path):
+    """Our etcd-server/etcd-client replace Debian's 3.4: the real version is stamped,
+    kubeadm's minimum is met, the package ships no unit and creates the etcd user."""
+    aset, server = served
+    rel = versions.release(aset.kubernetes)
+    bin_dir = _etcd_debs_unpacked(aset, tmp_path / "root")
+    out = subprocess.run([bin_dir / "etcd", "--version"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert f"etcd Version: {rel.etcd.lstrip('v')}\n" in out
+    for tool in ("etcdctl", "etcdutl"):
+        out = subprocess.run([bin_dir / tool, "version"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        assert f"{tool} version: {rel.etcd.lstrip('v')}\n" in out
+    kubeadm_min = tuple(int(x) for x in rel.min_external_etcd.split("-")[0].split("."))
+    assert tuple(int(x) for x in rel.etcd.lstrip("v").split(".")) >= kubeadm_min
+    server_deb = next(a.path for a in aset.artifacts if a.name == "deb/etcd-server")
+    info = subprocess.run(["dpkg-deb", "--info", server_deb], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Package: etcd-server" in info and "postinst" in info
+    listing = subprocess.run(["dpkg-deb", "--contents", server_deb], capture_output=True,
+                             text=True, check=True).stdout
+    assert "./usr/bin/etcd\n" in listing and "systemd" not in listing
+
+
+def test_etcd_runs_the_roles_tls_configuration(namespaces, served, tmp_path):
+    """The etcd role's configuration template, rendered for one member, runs on our etcd
+    with client and peer TLS; etcdctl in another namespace talks to it with the
+    operator certificate, and a plain-HTTP client gets no answer."""
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    import jinja2
+
+    srv, cli = namespaces
+    aset, _server = served
+    bin_dir = _etcd_debs_unpacked(aset, tmp_path / "root")
+    pki_dir = tmp_path / "pki"
+    subprocess.run([sys.executable, "-m", "provision.pki", "etcd", str(pki_dir),
+                    f"m1={SERVER_IP}"], check=True, capture_output=True, timeout=60)
+    conf = tmp_path / "etc"
+    (conf / "pki").mkdir(parents=True)
+    etcd_pki = pki_dir / "etcd"
+    for src, dest in (("ca.crt", "ca.crt"), ("members/m1/server.crt", "server.crt"),
+                      ("members/m1/server.key", "server.key"),
+                      ("members/m1/peer.crt", "peer.crt"), ("members/m1/peer.key", "peer.key")):
+        shutil.copy(etcd_pki / src, conf / "pki" / dest)
+    template = Path(__file__).resolve().parents[2] / "roles/etcd/templates/etcd.conf.yml.j2"
+    (conf / "etcd.conf.yml").write_text(jinja2.Template(template.read_text()).render(
+        etcd_name="m1", etcd_data_dir=str(tmp_path / "data"), etcd_address=SERVER_IP,
+        etcd_client_port=2379, etcd_peer_port=2380,
+        etcd_initial_cluster=f"m1=https://{SERVER_IP}:2380", etcd_initial_cluster_state="new",
+        etcd_cluster_token="pvart-etcd", etcd_heartbeat_interval=250,
+        etcd_election_timeout=2500, etcd_conf_dir=str(conf)))
+    log = tmp_path / "etcd.log"
+    with open(log, "wb") as f:
+        etcd = subprocess.Popen(["ip", "netns", "exec", srv, bin_dir / "etcd", "--config-file",
+                                 conf / "etcd.conf.yml"], stdout=f, stderr=f,
+                                start_new_session=True)
+    etcdctl = ["ip", "netns", "exec", cli, str(bin_dir / "etcdctl"),
+               "--endpoints", f"https://{SERVER_IP}:2379", "--cacert", str(etcd_pki / "ca.crt"),
+               "--cert", str(etcd_pki / "operator.crt"), "--key", str(etcd_pki / "operator.key"),
+               "--dial-timeout", "3s", "--command-timeout", "5s"]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            health = subprocess.run([*etcdctl, "endpoint", "health"], capture_output=True,
+                                    text=True, timeout=30)
+            if health.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert health.returncode == 0, health.stderr + log.read_text()[-3000:]
+        put = subprocess.run([*etcdctl, "put", "pv", "ok"], capture_output=True, text=True,
+                             timeout=30)
+        assert put.returncode == 0, put.stderr
+        got = subprocess.run([*etcdctl, "get", "pv", "--print-value-only"],
+                             capture_output=True, text=True, timeout=30)
+        assert got.stdout.strip() == "ok"
+        status = subprocess.run([*etcdctl, "endpoint", "status", "-w", "json"],
+                                capture_output=True, text=True, timeout=30, check=True)
+        assert json.loads(status.stdout)[0]["Status"]["version"] == rel_etcd(aset)
+        plain = _client(cli, f"http://{SERVER_IP}:2379/health")
+        assert plain.returncode != 0 or b'"health":"true"' not in plain.stdout
+    finally:
+        os.killpg(etcd.pid, signal.SIGTERM)
+        try:
+            etcd.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(etcd.pid, signal.SIGKILL)
+            etcd.wait(timeout=10)
+
+
+def rel_etcd(aset) -> str:
+    return versions.release(aset.kubernetes).etcd.lstrip("v")

@@ -81,7 +81,7 @@ def test_committed_locks_pin_every_artifact():
             pytest.skip(f"no lock committed for {v}")
         names = {e.name for e in lock.entries}
         for b in ("kubeadm", "kubelet", "kubectl", "kube-apiserver", "kube-proxy", "coredns",
-                  "flanneld", "flannel", "pause", "crictl"):
+                  "flanneld", "flannel", "pause", "crictl", "etcd", "etcdctl"):
             assert b in names
         assert f"registry.k8s.io/kube-apiserver:{v}" in names
         assert "deb/containerd" in names and "deb/etcd-server" in names
