@@ -204,9 +204,15 @@ def status(inventory: Inventory, output: OutputOpt = Output.text) -> None:
 def destroy(
     inventory: Inventory,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    keep_machines: Annotated[bool, typer.Option(
+        "--keep-machines", help="Keep the machines: reset every node to a clean OS "
+        "(Kubernetes, etcd, their data and services removed; SSH access kept).")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Remove every machine and network of the cluster."""
+    """Remove the cluster's machines, networks and local state (run records stay).
+
+    Run records keep their backups (etcd snapshots) after the cluster is gone.
+    """
     from provision import operations
     from provision.inventory import load_inventory
 
@@ -215,12 +221,56 @@ def destroy(
         if not sys.stdin.isatty():
             err.print("error: refusing to destroy without --yes when not on a terminal")
             raise typer.Exit(EXIT_BAD_INPUT)
-        typer.confirm(f"Destroy cluster {name!r} and all its machines?", abort=True)
-    data = _run(operations.destroy, inventory)
+        what = ("reset every node of" if keep_machines else "destroy")
+        typer.confirm(f"{what.capitalize()} cluster {name!r}"
+                      + ("" if keep_machines else " and all its machines") + "?", abort=True)
+    if keep_machines:
+        data = _run(operations.reset, inventory)
+        text = f"reset cluster {data['cluster']}: {', '.join(data['reset'])} (machines kept)"
+    else:
+        data = _run(operations.destroy, inventory)
+        text = f"destroyed cluster {data['cluster']}: {', '.join(data['destroyed'])}"
     if output is Output.json:
         _emit_json(data)
     else:
-        out.print(f"destroyed cluster {data['cluster']}: {', '.join(data['destroyed'])}")
+        out.print(text)
+
+
+@app.command()
+def backup(inventory: Inventory, output: OutputOpt = Output.text) -> None:
+    """Take an etcd snapshot, check it, and store it (0600) in a new run record."""
+    from provision import operations
+
+    data = _run(operations.backup, inventory)
+    if output is Output.json:
+        _emit_json(data)
+        return
+    out.print(f"snapshot {data['snapshot']} from {data['member']}: revision {data['revision']}, "
+              f"hash {data['hash']}, {data['keys']} keys, {data['size']} bytes, "
+              f"sha256 {data['sha256']}")
+    out.print(f"restore it with: provision restore -i {inventory} {data['snapshot']}")
+
+
+@app.command()
+def restore(
+    inventory: Inventory,
+    snapshot: Annotated[Path, typer.Argument(help="An etcd snapshot from `provision backup`.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Rebuild etcd from a snapshot, bring the control plane back, run every check.
+
+    Every change made after the snapshot is lost.
+    """
+    from provision import operations
+
+    if not yes:
+        if not sys.stdin.isatty():
+            err.print("error: refusing to restore without --yes when not on a terminal")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        typer.confirm(f"Replace the cluster's etcd data with {snapshot}?", abort=True)
+    summary = _run(operations.restore, inventory, snapshot)
+    _finish(summary, output)
 
 
 @app.command()

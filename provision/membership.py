@@ -26,12 +26,11 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
-from provision import planner
+from provision import planner, playbooks
 from provision.errors import StageFailed
-from provision.executors import ansible, ssh
+from provision.executors import ssh
 from provision.observe_cluster import (
     ADMIN_KUBECONFIG,
     ETCD_CA_CERT,
@@ -107,13 +106,14 @@ def plan(cluster: Any, write_ssh_config: Callable[[], Any], force: bool = False
 class Membership:
     """Applies the membership actions of a plan (see the module docstring)."""
 
-    def __init__(self, cluster: Any, progress: Any, record: Any, *,
-                 force_drain: bool = False, drain_timeout: int = 300) -> None:
+    def __init__(self, cluster: Any, engine: Any, *, force_drain: bool = False,
+                 drain_timeout: int = 300) -> None:
         self.cluster = cluster
+        self.engine = engine
         self.inv = cluster.inv
         self.paths = cluster.paths
-        self.progress = progress
-        self.record = record
+        self.progress = engine.progress
+        self.record = engine.record
         self.force_drain = force_drain
         self.drain_timeout = drain_timeout
         self.machines = cluster_machines(cluster)
@@ -261,8 +261,9 @@ class Membership:
 
     def _reset_and_release(self, name: str, action: planner.Action) -> None:
         if action.details.get("reachable") and self._state(name) == "running":
-            reset_hosts(self.cluster, [name], self.progress, self.record,
-                        {name: self.machines[name]} if name in self.machines else None)
+            machine = self.machines.get(name)
+            playbooks.reset_hosts(self.engine, [name],
+                                  {name: machine.address} if machine else None)
         else:
             self.record.log_line(f"[{STAGE}] {name}: reset skipped (the host does not "
                                  "answer over SSH); its machine is released")
@@ -314,44 +315,8 @@ class Membership:
         raise StageFailed(STAGE, node, what, str(self.record.log))
 
 
-def reset_hosts(cluster: Any, names: list[str], progress: Any, record: Any,
-                machines: dict[str, Machine] | None = None) -> None:
-    """Run the reset role on hosts: Kubernetes, etcd and their data go, the OS stays
-    (docs/operations.md). ``machines``: hosts the inventory no longer names."""
-    from provision import clustervars
-
-    paths = cluster.paths
-    hosts = {n.name: clustervars.host_vars(n) for n in cluster.inv.nodes if n.name in names}
-    for name, m in (machines or {}).items():
-        hosts.setdefault(name, clustervars.host_vars(
-            SimpleNamespace(name=name, address=m.address, roles=[])))
-    inventory = ansible.write_inventory(paths, hosts, {}, {}, name="reset-inventory.yaml")
-    ansible.write_ansible_cfg(paths)
-    playbook = ansible.write_playbook(paths, "reset", [{
-        "name": "reset to a clean OS", "hosts": ",".join(names), "gather_facts": False,
-        "roles": ["reset"]}])
-    work = record.stage_log("reset").parent / "ansible-reset"
-    result = ansible.run_playbook(paths, playbook, inventory, work,
-                                  lambda e: record.event({"stage": "reset", **_brief(e)}))
-    failed = [h for h, o in result.hosts.items() if o.status in ("failed", "unreachable")]
-    if result.rc or failed:
-        node = failed[0] if failed else names[0]
-        outcome = result.hosts.get(node)
-        what = (f"task {outcome.task!r}: {outcome.message}" if outcome and outcome.task
-                else ansible.output_tail(result))
-        progress.node_state("reset", node, "failed")
-        raise StageFailed("reset", node, what, str(result.stdout_path or work))
-
-
-def _brief(event: dict[str, Any]) -> dict[str, Any]:
-    data = event.get("event_data") or {}
-    return {"event": event.get("event"), "host": data.get("host"), "task": data.get("task"),
-            "time": time.time()}
-
-
 def _tail(proc: Any, chars: int = 600) -> str:
     return ((proc.stderr or "") + (proc.stdout or "")).strip()[-chars:] or f"exit {proc.returncode}"
 
 
-__all__ = ["STAGE", "Machine", "Membership", "cluster_machines", "observe", "orphans", "plan",
-           "reset_hosts"]
+__all__ = ["STAGE", "Machine", "Membership", "cluster_machines", "observe", "orphans", "plan"]

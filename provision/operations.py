@@ -7,6 +7,7 @@ any host is touched, then works through the providers, the engine and a run reco
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -198,7 +199,7 @@ def _reconcile(cluster: Cluster, engine: Engine, stages: Sequence[Any], record: 
     leaving = {a.node for a in before.actions if a.kind in REMOVAL_KINDS}
     engine.check_context["provision_leaving_nodes"] = sorted(
         leaving | set(membership.orphans(cluster)))
-    members = membership.Membership(cluster, progress, record, force_drain=force_drain)
+    members = membership.Membership(cluster, engine, force_drain=force_drain)
     if known:
         members.before_pipeline(before)
     outcomes = engine.run(stages)
@@ -370,16 +371,113 @@ def latest_report(paths: ClusterPaths) -> dict[str, Any] | None:
 
 
 def destroy(inventory_path: Path) -> dict[str, Any]:
+    """Every machine of the cluster, including those of nodes removed from the
+    inventory since they were made, and the lab networks."""
+    from provision.membership import orphans
+
     cluster = Cluster(inventory_path)
-    names = [n.name for n in cluster.inv.nodes]
+    nodes: list[Any] = list(cluster.inv.nodes)
+    nodes += [SimpleNamespace(name=m.name, address=m.address, provider=m.provider, roles=[])
+              for m in orphans(cluster).values()]
+    names = [n.name for n in nodes]
     ssh.close_masters(cluster.paths, names)
     # The local provider's lab teardown ends every process in the lab namespace (the
     # mirror, a lab libvirtd), so other providers release their machines first.
-    groups = sorted(cluster.nodes_by_provider(cluster.inv.nodes).items(),
-                    key=lambda g: g[0] == "local")
+    groups = sorted(cluster.nodes_by_provider(nodes).items(), key=lambda g: g[0] == "local")
     for name, group in groups:
         cluster.provider(name).destroy(cluster.inv, group)
+    # Local state goes too (keys, PKI, kubeconfig, generated Ansible files); run records
+    # stay: they hold the reports and the etcd backups. Named one by one: never a
+    # recursive delete of a directory a provider may still have mounts under.
+    paths = cluster.paths
+    for entry in (paths.ssh_dir, paths.pki_dir, paths.root / "ansible"):
+        shutil.rmtree(entry, ignore_errors=True)
+    paths.kubeconfig.unlink(missing_ok=True)
     return {"cluster": cluster.inv.name, "destroyed": names}
+
+
+def reset(inventory_path: Path) -> dict[str, Any]:
+    """``destroy --keep-machines``: every node back to a clean OS (roles/reset), the
+    machines kept; Kubernetes, etcd and their data gone, SSH access untouched."""
+    from provision.membership import orphans
+    from provision.playbooks import reset_hosts
+
+    run = _session(inventory_path, "destroy")
+    cluster = run.cluster
+    extra = {m.name: m.address for m in orphans(cluster).values()}
+    names = [n.name for n in cluster.inv.nodes] + sorted(extra)
+    error = None
+    try:
+        reset_hosts(run.engine, names, extra)
+    except ProvisionError as exc:
+        error = str(exc)
+        raise
+    finally:
+        run.finish(error)
+    for path in (cluster.paths.kubeconfig, cluster.paths.pki_dir):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return {"cluster": cluster.inv.name, "reset": names, "record": str(run.record.dir)}
+
+
+def backup(inventory_path: Path) -> dict[str, Any]:
+    """An etcd snapshot, checked, in a new run record (0600)."""
+    from provision import backup as etcd_backup
+
+    run = _session(inventory_path, "backup")
+    error = None
+    try:
+        return etcd_backup.backup(run.cluster, run.engine)
+    except ProvisionError as exc:
+        error = str(exc)
+        raise
+    finally:
+        run.finish(error)
+
+
+def restore(inventory_path: Path, snapshot: Path) -> RunSummary:
+    """Rebuild etcd from ``snapshot``, bring the control plane back, verify everything."""
+    from provision import backup as etcd_backup
+
+    etcd_backup.check_snapshot(snapshot)  # bad input before anything is touched
+    run = _session(inventory_path, "restore")
+    started = time.time()
+    error = ""
+    try:
+        etcd_backup.restore(run.cluster, run.engine, snapshot)
+        if not run.engine.verify_only(load_pipeline().stages):
+            error = "restored, but some checks failed; see the report"
+    except ProvisionError as exc:
+        error = str(exc)
+    finally:
+        run.finish(error)
+    return RunSummary(command="restore", cluster=run.cluster.inv.name,
+                      status="failed" if error else "ok", record_dir=str(run.record.dir),
+                      report_html=str(run.record.report_html), error=error,
+                      duration=round(time.time() - started, 3))
+
+
+@dataclass
+class _Session:
+    """One command's cluster, run record, progress view and engine."""
+
+    cluster: Cluster
+    record: Any  # RunRecord
+    progress: Any  # Tee
+    engine: Engine
+
+    def finish(self, error: str | None) -> None:
+        self.record.finish("failed" if error else "ok", error or None)
+        self.progress.close()
+
+
+def _session(inventory_path: Path, command: str) -> _Session:
+    cluster = Cluster(inventory_path)
+    record, progress = _open_run(cluster, command, inventory_path)
+    return _Session(cluster, record, progress,
+                    Engine(cluster.inv, cluster.paths, record, progress, cluster.hooks(progress)))
 
 
 def kubeconfig(inventory_path: Path, output: Path | None = None) -> dict[str, Any]:
@@ -433,4 +531,5 @@ class _NullProgress(_NullRecord):
     pass
 
 
-__all__ = ["Pipeline", "RunSummary", "destroy", "plan", "status", "up", "verify"]
+__all__ = ["Pipeline", "RunSummary", "backup", "destroy", "plan", "reset", "restore",
+           "status", "up", "verify"]
