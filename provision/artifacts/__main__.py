@@ -1,4 +1,5 @@
 """python -m provision.artifacts build|status [--version V] [--update-lock]
+python -m provision.artifacts fetch-upstream|pin-upstream [--version V] [--base-url URL]
 
 A stand-in until the lead wires `provision artifacts build|status` into the CLI."""
 
@@ -22,9 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("status")
     s.add_argument("--version", default=None)
     s.add_argument("--json", action="store_true")
+    for name, what in (("fetch-upstream", "download the official files (online mode)"),
+                       ("pin-upstream", "write the official sha256 files into the lock")):
+        u = sub.add_parser(name, help=what)
+        u.add_argument("--version", default=None)
+        u.add_argument("--base-url", default=None,
+                       help="instead of https://dl.k8s.io (also $PROVISION_UPSTREAM_URL)")
     args = ap.parse_args(argv)
     try:
-        if args.cmd == "build":
+        if args.cmd in ("fetch-upstream", "pin-upstream"):
+            from provision.artifacts import upstream
+
+            say = lambda m: print(m, flush=True)  # noqa: E731
+            if args.cmd == "pin-upstream":
+                upstream.pin(args.version, say, base_url=args.base_url)
+            else:
+                for name, path in upstream.fetch(args.version, say,
+                                                 base_url=args.base_url).items():
+                    print(f"{name} {path}")
+        elif args.cmd == "build":
             t0 = time.monotonic()
             aset = build(args.version, progress=lambda m: print(m, flush=True),
                          update_lock=args.update_lock)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.artifacts import debs, etcdpkg, gobuild, images, locks, versions
+from provision.artifacts import debs, etcdpkg, gobuild, images, locks, upstream, versions
 from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
 from provision.artifacts.locks import LockEntry
@@ -190,8 +190,10 @@ def build(version: str | None = None, progress: Progress | None = None, *,
 
         locks.verify(lock, produced, update=update_lock)
         if update_lock:
+            # the online-mode pins are not build outputs: carried over as they are
             new = locks.Lock(rel.kubernetes, goversion, produced,
-                             locks.lock_path(rel.kubernetes, lock_dir))
+                             locks.lock_path(rel.kubernetes, lock_dir),
+                             upstream=upstream.lock_entries(rel, lock))
             locks.save(new)
             say(f"lock: wrote {new.path}")
         timings["total"] = round(time.monotonic() - t0, 1)

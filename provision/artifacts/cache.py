@@ -54,7 +54,7 @@ def recipe_key(recipe: object) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def _disk_full(where: Path, err: OSError) -> DiskFull:
+def disk_full(where: Path, err: OSError) -> DiskFull:
     return DiskFull(
         f"no space left on the device holding {where} while writing the artifact cache; "
         "nothing half-written was kept. Free space (or point PROVISION_CACHE_DIR at a "
@@ -99,14 +99,14 @@ class Cache:
             else:
                 entry.unlink(missing_ok=True)
 
-    def _tmpname(self, what: str) -> str:
+    def tmpname(self, what: str) -> str:
         return f"{what}.{os.getpid()}."
 
     @contextlib.contextmanager
     def workdir(self, prefix: str) -> Iterator[Path]:
         """A scratch directory on the cache's filesystem, removed afterwards."""
         self.ensure()
-        d = Path(tempfile.mkdtemp(prefix=self._tmpname(prefix), dir=self.tmp))
+        d = Path(tempfile.mkdtemp(prefix=self.tmpname(prefix), dir=self.tmp))
         try:
             yield d
         finally:
@@ -129,7 +129,7 @@ class Cache:
                 src.unlink()
             return digest
         executable = os.access(src, os.X_OK)
-        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("blob"), dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self.tmpname("blob"), dir=self.tmp)
         os.close(fd)
         tmp = Path(tmpname)
         try:
@@ -142,7 +142,7 @@ class Cache:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno == errno.ENOSPC:
-                raise _disk_full(self.root, e) from e
+                raise disk_full(self.root, e) from e
             raise
         return digest
 
@@ -152,7 +152,7 @@ class Cache:
         dest = self.blob_path(digest)
         if dest.is_file():
             return digest
-        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("blob"), dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self.tmpname("blob"), dir=self.tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -161,7 +161,7 @@ class Cache:
         except OSError as e:
             Path(tmpname).unlink(missing_ok=True)
             if e.errno == errno.ENOSPC:
-                raise _disk_full(self.root, e) from e
+                raise disk_full(self.root, e) from e
             raise
         return digest
 
@@ -187,7 +187,7 @@ class Cache:
                 raise ValueError(f"record {step}/{key} names missing blob {digest}")
         p = self._record_path(step, key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmpname = tempfile.mkstemp(prefix=self._tmpname("record"), dir=self.tmp)
+        fd, tmpname = tempfile.mkstemp(prefix=self.tmpname("record"), dir=self.tmp)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
@@ -195,7 +195,7 @@ class Cache:
         except OSError as e:
             Path(tmpname).unlink(missing_ok=True)
             if e.errno == errno.ENOSPC:
-                raise _disk_full(self.root, e) from e
+                raise disk_full(self.root, e) from e
             raise
 
     def size_bytes(self) -> int:

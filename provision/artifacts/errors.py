@@ -23,8 +23,20 @@ class ToolchainMissing(ArtifactError):
 
 
 class ChecksumMismatch(ArtifactError):
-    def __init__(self, name: str, expected: str, actual: str, lock: str) -> None:
+    def __init__(self, name: str, expected: str, actual: str, lock: str,
+                 url: str = "") -> None:
         self.name, self.expected, self.actual, self.lock = name, expected, actual, lock
+        self.url = url
+        if url:  # a downloaded official file: never "fix" this by re-pinning blindly
+            super().__init__(
+                f"checksum mismatch for {name} downloaded from {url}:\n"
+                f"  lock file {lock} pins sha256 {expected}\n"
+                f"  the download has      sha256 {actual}\n"
+                "  The file was deleted and is NOT used. A changed official file means a "
+                "broken or tampered download (or mirror): check the URL and the project's "
+                "published checksum before touching the lock."
+            )
+            return
         super().__init__(
             f"checksum mismatch for {name}:\n"
             f"  lock file {lock} pins sha256 {expected}\n"

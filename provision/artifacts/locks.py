@@ -5,13 +5,19 @@ it comes from: ``go:<package>@<module version>``, ``debian:bookworm/<pkg>=<ver>`
 ``built:<recipe>``), ``sha256`` (file content; for an image, its manifest digest).
 Debian entries used inside images carry ``image: true``.
 
+A second list, ``upstream``, pins the official release files that online mode
+(``artifacts.source: upstream``) downloads (upstream.py): ``name``, ``version``,
+``source`` (the official URL) and ``sha256``, which stays ``null`` until someone who
+can reach the project's site pins it (``pin-upstream``): a file whose checksum is not
+pinned is never downloaded.
+
 A build compares what it produced or fetched with the lock: any difference fails with
 both values (``ChecksumMismatch``); ``--update-lock`` rewrites the file instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ class Lock:
     go: str
     entries: list[LockEntry]
     path: Path
+    upstream: list[LockEntry] = field(default_factory=list)  # sha256 "" = not pinned
 
     def by_name(self) -> dict[str, LockEntry]:
         return {e.name: e for e in self.entries}
@@ -58,7 +65,8 @@ def lock_path(version: str, lock_dir: Path | None = None) -> Path:
 
 def _entry(e: dict[str, Any]) -> LockEntry:
     """One lock entry: every field a string except the ``image`` flag."""
-    fields: dict[str, Any] = {k: (v if k == "image" else str(v)) for k, v in e.items()}
+    fields: dict[str, Any] = {k: (v if k == "image" else "" if v is None else str(v))
+                              for k, v in e.items()}
     return LockEntry(**fields)
 
 
@@ -69,11 +77,13 @@ def load(version: str, lock_dir: Path | None = None) -> Lock | None:
     try:
         data = yaml.safe_load(p.read_text()) or {}
         entries = [_entry(e) for e in data.get("artifacts", [])]
+        upstream = [_entry({"kind": "upstream", **e}) for e in data.get("upstream") or []]
     except (yaml.YAMLError, TypeError) as e:
         raise ArtifactError(f"lock file {p} is not valid: {e}") from e
     if data.get("kubernetes") != version:
         raise ArtifactError(f"lock file {p} is for {data.get('kubernetes')!r}, not {version}")
-    return Lock(kubernetes=version, go=str(data.get("go", "")), entries=entries, path=p)
+    return Lock(kubernetes=version, go=str(data.get("go", "")), entries=entries, path=p,
+                upstream=upstream)
 
 
 def save(lock: Lock) -> None:
@@ -81,6 +91,8 @@ def save(lock: Lock) -> None:
         f"# Artifact lock for Kubernetes {lock.kubernetes}. Written by\n"
         "# `provision artifacts build --update-lock`; a build whose output differs fails.\n"
         "# sha256: file content (binaries, .debs) or manifest digest (images).\n"
+        "# upstream: official release files for `artifacts.source: upstream`; sha256 null\n"
+        "# = not pinned yet (never downloaded until pinned: `pin-upstream`, docs/artifacts.md).\n"
     )
     kind_order = {"binary": 0, "image": 1, "deb": 2}
     body = {
@@ -89,6 +101,9 @@ def save(lock: Lock) -> None:
         "artifacts": [e.to_dict() for e in sorted(
             lock.entries, key=lambda e: (kind_order.get(e.kind, 9), e.name))],
     }
+    if lock.upstream:
+        body["upstream"] = [{"name": e.name, "version": e.version, "source": e.source,
+                             "sha256": e.sha256 or None} for e in lock.upstream]
     lock.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = lock.path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.safe_dump(body, sort_keys=False, width=120))
