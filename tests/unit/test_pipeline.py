@@ -52,3 +52,35 @@ def test_targets_node():
     assert p.stage("workers").targets_node({"worker"})
     assert not p.stage("workers").targets_node({"control-plane"})
     assert p.stage("os").targets_node({"etcd"})
+
+
+# --- what enters a stage's input hash (sees:) ----------------------------------------
+
+def _hashes(tmp_path, workers: int) -> dict[str, str]:
+    from test_planner import inventory_text
+
+    from provision.engine import Engine, Hooks
+    from provision.inventory import load_inventory
+    from provision.paths import ClusterPaths
+
+    path = tmp_path / f"inv-{workers}.yaml"
+    path.write_text(inventory_text(workers=workers))
+    inv = load_inventory(path)
+    engine = Engine(inv, ClusterPaths(tmp_path / "state"), None, None,
+                    Hooks(ensure_machines=lambda n: set(), ssh_endpoints=dict))
+    gvars = engine.global_vars(start_services=False)
+    cp1 = inv.node("cp-1")
+    return {s.name: engine.stage_hash(s, cp1, gvars)
+            for s in load_pipeline().stages if not s.provider_action}
+
+
+def test_adding_a_worker_changes_only_the_stages_that_see_workers(tmp_path):
+    before, after = _hashes(tmp_path, 2), _hashes(tmp_path, 3)
+    changed = sorted(s for s in before if before[s] != after[s])
+    assert changed == ["os"]  # /etc/hosts lists every node; etcd and the control plane do not
+
+
+def test_sees_names_known_groups_only(tmp_path):
+    data = {"stages": [{"name": "a", "converge": {"roles": ["x"]}, "sees": ["masters"]}]}
+    with pytest.raises(BadInput, match="sees"):
+        parse_pipeline(data, tmp_path / "p.yaml")
