@@ -63,8 +63,9 @@ def disk_full(where: Path, err: OSError) -> DiskFull:
 
 
 class Cache:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, min_free: int = MIN_FREE_BYTES) -> None:
         self.root = root or artifacts_root()
+        self.min_free = min_free  # floor for a step that names no need of its own
         self.blobs = self.root / "blobs" / "sha256"
         self.steps = self.root / "steps"
         self.tmp = self.root / "tmp"
@@ -74,7 +75,8 @@ class Cache:
             d.mkdir(parents=True, exist_ok=True)
 
     # -- space ------------------------------------------------------------------
-    def check_space(self, need: int = MIN_FREE_BYTES) -> None:
+    def check_space(self, need: int | None = None) -> None:
+        need = self.min_free if need is None else need
         self.ensure()
         free = shutil.disk_usage(self.root).free
         if free < need:

@@ -277,3 +277,142 @@ def test_etcd_runs_the_roles_tls_configuration(namespaces, served, tmp_path):
 
 def rel_etcd(aset) -> str:
     return versions.release(aset.kubernetes).etcd.lstrip("v")
+
+
+# -- bad cases: a lock mismatch, no Go toolchain, a full disk ----------------------------
+
+def test_build_refuses_an_artifact_the_lock_does_not_match(tmp_path):
+    """Through build() on the (warm) cache: one pinned sha256 changed in a copy of the
+    lock; the build fails naming the artifact, the lock file and both values, and
+    leaves the lock file alone."""
+    from provision.artifacts import locks
+    from provision.artifacts.errors import ChecksumMismatch
+
+    version = versions.DEFAULT_KUBERNETES_VERSION
+    build(version)  # warm (or make warm) first: the mismatch is the only failure
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    real = locks.load(version)
+    text = locks.lock_path(version).read_text()
+    good = real.by_name()["kubeadm"].sha256
+    (lock_dir / f"{version}.yaml").write_text(text.replace(good, "f" * 64))
+    before = (lock_dir / f"{version}.yaml").read_text()
+    with pytest.raises(ChecksumMismatch) as err:
+        build(version, lock_dir=lock_dir)
+    msg = str(err.value)
+    assert "checksum mismatch for kubeadm" in msg and "f" * 64 in msg and good in msg
+    assert str(lock_dir / f"{version}.yaml") in msg and "--update-lock" in msg
+    assert (lock_dir / f"{version}.yaml").read_text() == before
+
+
+def _without_go(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run cmd in a private mount namespace where /usr/local/go is an empty tmpfs (the
+    official tarball's place, which gobuild.find_go also tries) and PATH has no go.
+    The mount dies with the namespace."""
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert shutil.which("go", path=path) is None, "go is installed in a system directory"
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount -t tmpfs pvart-nogo /usr/local/go && exec "$@"', "sh",
+                           *cmd], env={**env, "PATH": path}, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_cold_build_without_go_says_what_to_install(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare")
+    import sys
+
+    cold = tmp_path / "cold-cache"
+    r = _without_go([sys.executable, "-m", "provision.artifacts", "build"],
+                    {**os.environ, "PROVISION_CACHE_DIR": str(cold)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the Go toolchain (`go`) is not on PATH" in r.stderr
+    assert "Install Go (https://go.dev/dl" in r.stderr and "Go >= 1.26" in r.stderr
+    assert not list((cold / "artifacts" / "steps").glob("*/*.json"))
+    # ...while a warm cache needs no compiler at all
+    warm = _without_go([sys.executable, "-m", "provision.artifacts", "build"],
+                       dict(os.environ))
+    assert warm.returncode == 0, warm.stderr[-2000:]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs for the artifact cache, unmounted whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "pvart-small",
+                    str(mnt)], check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], timeout=60)
+        assert not os.path.ismount(mnt)
+
+
+def _leftovers(cache) -> list[str]:
+    return [str(p.relative_to(cache.root)) for d in (cache.blobs, cache.steps, cache.tmp)
+            if d.exists() for p in d.rglob("*") if p.is_file()]
+
+
+def test_a_full_disk_stops_the_build_before_a_step(small_tmpfs):
+    """The real build() on a 4 MiB cache: refused before the first Go step with how
+    much is free and needed; nothing written."""
+    from provision.artifacts.cache import Cache
+    from provision.artifacts.errors import DiskFull
+
+    cache = Cache(small_tmpfs / "artifacts")
+    with pytest.raises(DiskFull, match=r"only \d+ MiB free under .*needs at least 2048 MiB"):
+        build(versions.DEFAULT_KUBERNETES_VERSION, cache=cache, log_dir=small_tmpfs / "logs")
+    assert _leftovers(cache) == []
+
+
+def test_enospc_during_a_go_build_leaves_nothing_and_the_next_build_resumes(
+        small_tmpfs, tmp_path):
+    """The free-space floor lowered (min_free=0) so the step starts: `go build` of pause
+    (1.6 MB) hits ENOSPC writing into the 4 MiB cache's work directory; DiskFull, no
+    record, no blob, no work directory. With room (remount to 64 MiB) the same step
+    completes and produces the locked binary."""
+    from provision.artifacts import gobuild, locks
+    from provision.artifacts.cache import Cache
+    from provision.artifacts.errors import DiskFull
+
+    rel = versions.release(versions.DEFAULT_KUBERNETES_VERSION)
+    pause = next(p for p in gobuild.programs(rel) if p.step == "pause")
+    goversion = gobuild.go_version()
+    cache = Cache(small_tmpfs / "artifacts", min_free=0)
+    cache.ensure()
+    # fill the tmpfs to ~1 MiB free so the 1.6 MB binary cannot land
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (3 * 2**20 - 64 * 1024))
+    with pytest.raises(DiskFull, match="no space left on device during `go build`"):
+        gobuild.build_program(pause, cache, goversion, lambda _m: None, tmp_path / "logs")
+    assert _leftovers(cache) == []
+    assert "no space left on device" in (tmp_path / "logs").joinpath(
+        f"go-pause-{pause.version}.log").read_text()
+
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True,
+                   timeout=30)
+    rec = gobuild.build_program(pause, cache, goversion, lambda _m: None, tmp_path / "logs")
+    lock = locks.load(rel.kubernetes)
+    assert lock is not None and goversion == lock.go
+    assert rec["files"]["pause"]["sha256"] == lock.by_name()["pause"].sha256
+    assert list(cache.tmp.iterdir()) == []
+
+
+def test_enospc_while_storing_a_blob_leaves_no_half_file(small_tmpfs, tmp_path):
+    from provision.artifacts.cache import Cache
+    from provision.artifacts.errors import DiskFull
+
+    cache = Cache(small_tmpfs / "artifacts")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(6 * 2**20))
+    with pytest.raises(DiskFull, match="no space left on the device"):
+        cache.put_file(big)
+    assert _leftovers(cache) == []
+    assert big.exists()  # the source is untouched
