@@ -1,12 +1,14 @@
-"""Benchmark the whole product: inventories/local.yaml to a verified HA cluster. Prints JSON.
+"""Benchmark the whole product: inventories/local.yaml to a verified HA cluster, then
+day-2 operations on it. Prints JSON.
 
-    python bench/cluster.py [-i inventories/local.yaml] [--keep]
+    python bench/cluster.py [-i inventories/local.yaml] [--keep] [--no-day2]
 
 Runs on a warm artifact cache (it builds the set first if needed, outside the timing),
 under another cluster name and loopback port so a `make up` cluster is never touched:
 time per stage and in total, the peak memory the box used during the run (sampled
 from /proc/meminfo every 0.5 s), the no-op re-run, and destroy. The box is shared and
-noisy: these are figures to compare, not limits.
+noisy: these are figures to compare, not limits. Day 2 (issue 6's figures): add one
+worker by raising the pool count, then replace cp-3 by cp-4 in one edit.
 """
 
 from __future__ import annotations
@@ -52,10 +54,32 @@ class MemoryPeak:
         self._thread.join()
 
 
+def day2(inventory: Path, operations: object) -> dict[str, object]:
+    """Add a worker (pool count 2 -> 3), then replace cp-3 by cp-4 in one edit."""
+    out: dict[str, object] = {}
+    text = inventory.read_text()
+    steps = {
+        "add_worker": text.replace("count: 2", "count: 3"),
+        "replace_control_plane": text.replace("count: 2", "count: 3").replace(
+            "  - name: cp-3\n", "  - name: cp-4\n").replace("10.250.0.13", "10.250.0.14"),
+    }
+    for name, edited in steps.items():
+        inventory.write_text(edited)
+        started = time.monotonic()
+        summary = operations.up(inventory)  # type: ignore[attr-defined]
+        out[f"{name}_seconds"] = round(time.monotonic() - started, 1)
+        out[f"{name}_status"] = summary.status
+        if summary.status != "ok":
+            out[f"{name}_error"] = summary.error
+            break
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-i", "--inventory", default=str(ROOT / "inventories/local.yaml"))
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--no-day2", action="store_true", help="skip add-worker and replace")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pvbench-"))
@@ -68,7 +92,7 @@ def main() -> int:
     inventory = work / "inventory.yaml"
     name = load_inventory(args.inventory).name
     inventory.write_text(text.replace(f"\nname: {name}\n", "\nname: pvbench\n")
-                         .replace("apiForwardPort: 16443", "apiForwardPort: 16473"))
+                         .replace("apiForwardPort: 16443", "apiForwardPort: 16483"))
     build(load_inventory(inventory).kubernetes.version)  # warm cache, not timed
 
     result: dict[str, object] = {"inventory": args.inventory,
@@ -90,13 +114,16 @@ def main() -> int:
         noop = operations.up(inventory)
         result["noop_up_seconds"] = round(time.monotonic() - started, 1)
         result["noop_stages"] = {s["name"]: s["status"] for s in noop.stages}
+        if not args.no_day2:
+            result.update(day2(inventory, operations))
     finally:
         if not args.keep:
             started = time.monotonic()
             operations.destroy(inventory)
             result["destroy_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
-    return 0 if result.get("up_status") == "ok" else 1
+    ok = all(v == "ok" for k, v in result.items() if k.endswith("_status"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
