@@ -58,6 +58,8 @@ def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
         sys.executable, "-m", "provision.artifacts.serve", "--address", gateway,
         "--version", inv.kubernetes.version,
         "--http-port", str(HTTP_PORT), "--registry-port", str(REGISTRY_PORT),
+        # every lab cluster serves on its own gateway address, often the same one
+        "--name", f"cluster-{inv.name}",
     ])
     service_log = provider.paths(inv).machines_dir / "service-artifacts.log"
     deadline = time.monotonic() + timeout

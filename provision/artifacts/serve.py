@@ -160,13 +160,16 @@ class ArtifactServer:
 
     def __init__(self, artifacts: ArtifactSet, address: str, *, http_port: int = 8080,
                  registry_port: int = 5000, netns: str | None = None,
-                 run_dir: Path | None = None, push_images: bool = True) -> None:
+                 run_dir: Path | None = None, push_images: bool = True,
+                 name: str | None = None) -> None:
         self.artifacts = artifacts
         self.address = address
         self.http_port = http_port
         self.registry_port = registry_port
         self.netns = netns
-        tag = f"{netns or 'host'}-{address}-{http_port}".replace(":", "_")
+        # Two clusters may use the same address in their own namespaces: ``name`` (the
+        # namespace the server was started in) keeps their run directories apart.
+        tag = f"{name or netns or 'host'}-{address}-{http_port}".replace(":", "_")
         self.run_dir = run_dir or artifacts.cache.root / "serve" / tag
         self.push_images = push_images
         self._procs: dict[str, subprocess.Popen] = {}
@@ -331,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--netns", default=None)
     ap.add_argument("--http-port", type=int, default=8080)
     ap.add_argument("--registry-port", type=int, default=5000)
+    ap.add_argument("--name", default=None,
+                    help="names the run directory (e.g. the namespace it serves in)")
     args = ap.parse_args(argv)
     aset = build(args.version, progress=print)
     srv = ArtifactServer(aset, args.address, http_port=args.http_port,
-                         registry_port=args.registry_port, netns=args.netns)
+                         registry_port=args.registry_port, netns=args.netns, name=args.name)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     srv.start()
     print(f"serving: apt source `{srv.apt_source}`, files {srv.mirror_url}/files/, "
