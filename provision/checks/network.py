@@ -29,7 +29,9 @@ def test_routes_to_every_other_node(host, cluster):
     others = [n for n in cluster.nodes
               if {"control-plane", "worker"} & set(n["roles"])
               and n["name"] != cluster["node"]["name"]]
-    assert len(routes) == len(others), routes
+    # nodes leaving in this run keep their routes until their Node is deleted
+    leaving = len(cluster.get("provision_leaving_nodes", []))
+    assert len(others) <= len(routes) <= len(others) + leaving, routes
 
 
 def test_node_ready(host, cluster):
