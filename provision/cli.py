@@ -118,7 +118,7 @@ def plan(inventory: Inventory, force: Force = False, output: OutputOpt = Output.
     if output is Output.json:
         _emit_json(report.to_json())
     else:
-        out.print(report.membership.to_table(), markup=False, highlight=False)
+        out.print(report.membership.to_table(), markup=False, highlight=False, soft_wrap=True)
         if report.converge:
             table = Table("action", "node", "stage", "reason", title="stages")
             for a in report.converge:
