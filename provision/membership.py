@@ -127,7 +127,10 @@ class Membership:
                 steps.append((a, self._remove_member))
             elif a.kind == planner.REPLACE_NODE:
                 steps.append((a, self._clear_for_replacement))
-            elif a.kind == planner.REMOVE_CONTROL_PLANE and a.details.get("holds_vip"):
+            elif a.kind == planner.REMOVE_CONTROL_PLANE and (
+                    a.details.get("holds_vip") or a.details.get("reachable")):
+                # Holder or not: the stages rewrite the others' VRRP peers without it,
+                # and a keepalived that hears no peer would take the VIP as well.
                 steps.append((a, self._move_vip_off))
         return self._run("membership (before)", steps)
 
