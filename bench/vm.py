@@ -1,7 +1,12 @@
 """Benchmark libvirt VMs under TCG: image build (cold, cached), one VM create-to-SSH,
 reuse, destroy. Prints JSON.
 
-    sudo .venv/bin/python bench/vm.py [--skip-cold]
+    sudo .venv/bin/python bench/vm.py [--skip-cold] [--join]
+
+``--join`` also builds the slow tier's cluster (tests/slow/vmcluster.py: lab machine
+cp-1 + worker VM vm-1) with `provision up` and reports every stage, the VM's
+create-to-SSH and its join to Ready (workers + network stages), then destroys it.
+That takes 15-25 minutes here, so `make bench` leaves it out.
 
 The cold build goes to a temporary cache (the shared image cache is never deleted).
 The VM runs in a private libvirtd inside a network namespace this script creates
@@ -45,6 +50,8 @@ nodes:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-cold", action="store_true", help="do not measure a cold build")
+    ap.add_argument("--join", action="store_true",
+                    help="also time a VM joining a lab cluster as a worker (15-25 min)")
     args = ap.parse_args()
     os.environ["PROVISION_LIBVIRT_ACCEL"] = "tcg"
 
@@ -111,8 +118,39 @@ def main() -> int:
         p.close()
         lab.stop()
         shutil.rmtree(state, ignore_errors=True)
+    if args.join:
+        out["join"] = join()
     print(json.dumps(out, indent=2))
     return 0
+
+
+def join() -> dict[str, object]:
+    """cp-1 (lab machine) + vm-1 (worker VM) through `provision up`; stage timings."""
+    from vmcluster import vm_cluster
+
+    from provision import operations
+
+    base = Path(tempfile.mkdtemp(prefix="pv-bench-join-"))
+    res: dict[str, object] = {}
+    try:
+        # pvvm<pid>: the slow tier's sweep removes it if this process dies
+        with vm_cluster(base, f"pvvm{os.getpid()}") as vc:
+            summary = operations.up(vc.path)
+            vc.record_up(summary)
+            res["status"] = summary.status
+            if summary.status != "ok":
+                res["error"] = summary.error
+            else:
+                operations.kubeconfig(vc.path)
+                res["ready"] = vc.ready_nodes()
+            started = time.monotonic()
+            operations.destroy(vc.path)
+            vc.destroyed = True
+            vc.timings["destroy"] = round(time.monotonic() - started, 1)
+            res.update(vc.timings)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return res
 
 
 if __name__ == "__main__":
