@@ -1,10 +1,9 @@
 """Slow-tier fixtures: TCG virtual machines through a private libvirtd.
 
-Everything a slow test makes is named after the pytest process (cluster
-``pvvm<pid>``, whose lab namespace ``pv-<cluster>`` holds the private libvirtd and
-the lab machine's bridge; ``pvlv<pid>`` for the bench's libvirtd; ``pvmx<pid>`` was
-an earlier test's) and torn down by a finalizer. Leftovers of a crashed earlier run
-(its pid gone) are swept first: libvirtds, VMs, lab machines.
+Everything a slow test makes is named after the pytest process (clusters
+``pvvm<pid>``/``pvmx<pid>``, whose lab namespace ``pv-<cluster>`` holds the private
+libvirtd; ``pvlv<pid>`` for the bench's) and torn down by a
+finalizer. Leftovers of a crashed earlier run (its pid gone) are swept first.
 """
 
 from __future__ import annotations
@@ -53,16 +52,6 @@ def sweep() -> None:
             lab = LabLibvirtd(name)
             with contextlib.suppress(Exception):
                 lab.stop()
-    # the lab machines of those clusters (nspawn, node namespaces, mounts, cgroups)
-    from provision.lab.cleanup import sweep as sweep_lab
-
-    def alive(cluster: str) -> bool:
-        m = re.match(r"pv(?:vm|mx)(\d+)", cluster)
-        return not m or _alive(int(m.group(1)))
-
-    for prefix in ("pvvm", "pvmx"):
-        with contextlib.suppress(Exception):
-            sweep_lab(prefix, keep=alive)
 
 
 @pytest.fixture(scope="session")

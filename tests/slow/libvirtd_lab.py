@@ -12,9 +12,6 @@ suites may run their own libvirtd at the same time. This one is fully private:
   logs the provider writes there are readable from the host;
 * ``qemu.conf``: ``security_driver = "none"``, qemu as root, no cgroups, no private
   /dev, stdio to files (no virtlogd);
-* normal CPU priority (not niced): its VMs are cluster nodes like the lab machines
-  beside them. Niced on a busy shared box (load 9 on 2 cores), a TCG guest got about
-  a tenth of the CPU the lab machines got, and one Ansible task on it took 10-50 s;
 * a directory storage pool ``<pool>`` in ``<dir>/pool``.
 
 Clients connect with ``qemu+unix:///system?socket=<dir>/run/libvirt-sock``.
@@ -101,7 +98,7 @@ class LabLibvirtd:
                   f"-p /run/libvirt/libvirtd.pid")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.name, "unshare", "--mount",
+                ["nice", "-n", "10", "ip", "netns", "exec", self.name, "unshare", "--mount",
                  "--propagation", "private", "sh", "-c", script],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
