@@ -65,6 +65,13 @@ class Cluster:
 
     def check_providers(self) -> None:
         """Provider-level validation (nothing touched); raises BadInput with every problem."""
+        if self.inv.artifacts.source == "upstream":
+            # Said plainly rather than failing later in a role: the fetcher exists
+            # (python -m provision.artifacts fetch-upstream, checksums pinned in the
+            # lock) but no stage installs from upstream yet (issue 4).
+            raise BadInput(f"{self.inv.source_path}: artifacts.source: upstream is not "
+                           "supported by `up` yet; use `artifacts: {source: offline}` (the "
+                           "provisioner serves the pinned artifact set to the nodes)")
         problems = []
         for name, nodes in self.nodes_by_provider(self.inv.nodes).items():
             problems += list(self.provider(name).check(self.inv, nodes))
