@@ -228,11 +228,18 @@ def netcheck(host, cluster, other_host) -> Netcheck:
     started = time.monotonic()
     cp = kubectl_host(host, cluster, other_host)
     kubectl = f"{ADMIN_KUBECTL} -n {NETCHECK_NS}"
-    out = cp.run(f"{kubectl} get pods -l app=netcheck -o json")
-    if out.rc != 0:
-        run.error = f"kubectl get pods: {out.stderr.strip()}"
-        return run
-    pods = running_pods(json.loads(out.stdout))
+    # A node that joined moments ago gets its DaemonSet pod a little later: wait for
+    # every node of the inventory to have one (bounded), then judge.
+    deadline = time.monotonic() + 120
+    while True:
+        out = cp.run(f"{kubectl} get pods -l app=netcheck -o json")
+        if out.rc != 0:
+            run.error = f"kubectl get pods: {out.stderr.strip()}"
+            return run
+        pods = running_pods(json.loads(out.stdout))
+        if kube_node_names(cluster) <= {p.node for p in pods} or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     run.pods = {p.node: p for p in pods}
     out = cp.run(f"{kubectl} get service netcheck -o jsonpath={{.spec.clusterIP}}")
     run.cluster_ip = out.stdout.strip()
