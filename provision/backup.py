@@ -24,14 +24,12 @@ from typing import Any
 
 from provision.errors import BadInput, ProvisionError
 from provision.executors import ssh
-from provision.observe_cluster import ETCD_CA_CERT, ETCD_CLIENT_CERT, ETCD_CLIENT_KEY
+from provision.observe_cluster import etcdctl
 
 REMOTE_DIR = "/var/lib/provision/backup"
 SNAPSHOT_NAME = "etcd-snapshot.db"
 
-_ETCDCTL = (f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 "
-            f"--cacert={ETCD_CA_CERT} --cert={ETCD_CLIENT_CERT} --key={ETCD_CLIENT_KEY} "
-            "--dial-timeout=3s --command-timeout=60s")
+_ETCDCTL = etcdctl(["https://127.0.0.1:2379"], "60s")  # the member's own endpoint
 # etcd >= 3.6 checks snapshots with etcdutl; 3.4 and 3.5 also with etcdctl.
 _STATUS = ('if command -v etcdutl >/dev/null; then etcdutl -w json snapshot status "$f"; '
            'else ETCDCTL_API=3 etcdctl -w json snapshot status "$f"; fi')

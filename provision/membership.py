@@ -28,19 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from provision import planner, playbooks
+from provision import observe_cluster, planner, playbooks
 from provision.errors import StageFailed
 from provision.executors import ssh
-from provision.observe_cluster import (
-    ADMIN_KUBECONFIG,
-    ETCD_CA_CERT,
-    ETCD_CLIENT_CERT,
-    ETCD_CLIENT_KEY,
-    ETCD_CLIENT_PORT,
-    Observed,
-    observe_cluster,
-    ssh_runner,
-)
+from provision.observe_cluster import ADMIN_KUBECONFIG, ETCD_CLIENT_PORT, Observed
 from provision.providers.base import registered_providers
 
 STAGE = "membership"  # the name membership work has in progress views and run records
@@ -94,7 +85,8 @@ def observe(cluster: Any, write_ssh_config: Callable[[], Any]) -> Observed:
     states = machine_states(cluster, machines)
     if any(s == "running" for s in states.values()):
         write_ssh_config()  # includes the machines of removed nodes
-    return observe_cluster(cluster.inv, states, ssh_runner(cluster.paths))
+    return observe_cluster.observe_cluster(cluster.inv, states,
+                                           observe_cluster.ssh_runner(cluster.paths))
 
 
 def plan(cluster: Any, write_ssh_config: Callable[[], Any], force: bool = False
@@ -246,10 +238,8 @@ class Membership:
             self._fail(name, "no remaining etcd member answers over SSH to remove the "
                        f"member {member_id} of {name}")
             return
-        endpoints = ",".join(f"https://{n.address}:{ETCD_CLIENT_PORT}" for n in remaining)
-        etcdctl = (f"ETCDCTL_API=3 etcdctl --endpoints={shlex.quote(endpoints)} "
-                   f"--cacert={ETCD_CA_CERT} --cert={ETCD_CLIENT_CERT} --key={ETCD_CLIENT_KEY} "
-                   "--dial-timeout=3s --command-timeout=10s")
+        etcdctl = observe_cluster.etcdctl(
+            [f"https://{n.address}:{ETCD_CLIENT_PORT}" for n in remaining], "10s")
         mid = shlex.quote(member_id)
         # Remaining members healthy first: removing one from a sick cluster can lose
         # quorum. A member already gone (an earlier, interrupted run) is success.

@@ -316,10 +316,15 @@ def kubectl_script() -> str:
             f"kubectl --kubeconfig {ADMIN_KUBECONFIG} get nodes -o json")
 
 
-def etcdctl_script(endpoints: Sequence[str]) -> str:
-    base = (f"ETCDCTL_API=3 etcdctl --endpoints={shlex.quote(','.join(endpoints))} "
+def etcdctl(endpoints: Sequence[str], command_timeout: str = "5s") -> str:
+    """etcdctl against ``endpoints`` with the operator client certificate (roles/etcd)."""
+    return (f"ETCDCTL_API=3 etcdctl --endpoints={shlex.quote(','.join(endpoints))} "
             f"--cacert={ETCD_CA_CERT} --cert={ETCD_CLIENT_CERT} --key={ETCD_CLIENT_KEY} "
-            "--command-timeout=5s --dial-timeout=3s")
+            f"--command-timeout={command_timeout} --dial-timeout=3s")
+
+
+def etcdctl_script(endpoints: Sequence[str]) -> str:
+    base = etcdctl(endpoints)
     return (f"if [ ! -f {ETCD_CLIENT_CERT} ]; then echo @@absent; exit 0; fi; "
             f"echo @@members; {base} member list -w json || exit 1; "
             f"echo @@health; {base} endpoint health --cluster -w json 2>/dev/null; true")
@@ -453,7 +458,7 @@ def _ask_first(nodes: Sequence[str], run: Runner, script: str,
 
 __all__ = [
     "ADMIN_KUBECONFIG", "ETCD_CA_CERT", "ETCD_CLIENT_CERT", "ETCD_CLIENT_KEY",
-    "HAPROXY_API_BACKEND", "HAPROXY_CONFIG", "EtcdMember", "HaproxyServer", "K8sNode",
+    "HAPROXY_API_BACKEND", "HAPROXY_CONFIG", "EtcdMember", "etcdctl", "HaproxyServer", "K8sNode",
     "ObservationError", "Observed", "api_servers", "backend_nodes", "etcd_members",
     "etcdctl_script", "kubectl_script", "observe_cluster", "parse_etcd_endpoint_health",
     "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes", "ssh_runner",

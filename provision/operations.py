@@ -297,13 +297,11 @@ def plan(inventory_path: Path, pipeline_name: str = "cluster", force: bool = Fal
 
 
 def plan_actions(cluster: Cluster, pipeline: Pipeline, engine: Engine) -> list[PlanAction]:
+    from provision.membership import cluster_machines, machine_states
     from provision.observe import gather_stage_markers
 
     actions: list[PlanAction] = []
-    states: dict[str, str] = {}
-    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
-        observed = cluster.provider(name).observe(cluster.inv, group)
-        states.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
+    states = machine_states(cluster, cluster_machines(cluster))
     reachable = [n.name for n in cluster.inv.nodes if states.get(n.name) == "running"]
     facts = gather_stage_markers(cluster.paths, reachable, engine.marker_dir) if reachable else {}
     gvars = _plan_vars(engine)
@@ -348,11 +346,10 @@ def _plan_vars(engine: Engine) -> dict[str, Any]:
 
 
 def status(inventory_path: Path) -> dict[str, Any]:
+    from provision.membership import cluster_machines, machine_states
+
     cluster = Cluster(inventory_path)
-    machines: dict[str, str] = {}
-    for name, group in cluster.nodes_by_provider(cluster.inv.nodes).items():
-        observed = cluster.provider(name).observe(cluster.inv, group)
-        machines.update({k: str(getattr(v, "value", v)) for k, v in observed.items()})
+    machines = machine_states(cluster, cluster_machines(cluster))
     last = latest_report(cluster.paths)
     return {
         "cluster": cluster.inv.name,
