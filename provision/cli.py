@@ -303,8 +303,8 @@ def ssh(
     os.execvp(argv[0], argv)
 
 
-artifacts_app = typer.Typer(help="The offline artifact set: build it, see what is cached.",
-                            no_args_is_help=True)
+artifacts_app = typer.Typer(help="The artifact set the mirror serves: build it, see what is "
+                            "cached.", no_args_is_help=True)
 app.add_typer(artifacts_app, name="artifacts")
 
 VersionOpt = Annotated[
@@ -313,17 +313,20 @@ VersionOpt = Annotated[
 ]
 OptionalInventory = Annotated[
     Path | None,
-    typer.Option("-i", "--inventory", help="Take the Kubernetes version from this inventory.",
+    typer.Option("-i", "--inventory", help="Take the Kubernetes version and the artifact "
+                 "source (artifacts.source) from this inventory; else offline.",
                  envvar="PROVISION_INVENTORY"),
 ]
 
 
-def _artifact_version(inventory: Path | None, version: str | None) -> str | None:
-    if version or inventory is None:
-        return version
+def _artifact_target(inventory: Path | None, version: str | None) -> tuple[str | None, str]:
+    """(Kubernetes version, artifact source) of the inventory; --version wins."""
+    if inventory is None:
+        return version, "offline"
     from provision.inventory import load_inventory
 
-    return str(_run(load_inventory, inventory).kubernetes.version)
+    inv = _run(load_inventory, inventory)
+    return version or str(inv.kubernetes.version), inv.artifacts.source
 
 
 @artifacts_app.command("build")
@@ -334,14 +337,14 @@ def artifacts_build(
         "--update-lock", help="Accept new checksums into the lock file.")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Build or fetch every artifact for a Kubernetes version (offline; cached)."""
+    """Build or fetch every artifact for a Kubernetes version (cached)."""
     import time
 
     from provision.artifacts import build
 
     started = time.monotonic()
-    ver = _artifact_version(inventory, version)
-    aset = _run(build, ver, progress=lambda m: err.print(m, markup=False),
+    ver, source = _artifact_target(inventory, version)
+    aset = _run(build, ver, progress=lambda m: err.print(m, markup=False), source=source,
                 update_lock=update_lock)
     data = {"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
             "images": sorted(aset.images), "seconds": round(time.monotonic() - started, 1)}
@@ -361,7 +364,8 @@ def artifacts_status(
     """Show every pinned artifact: present or missing, version, source, sha256."""
     from provision.artifacts import status as artifact_status
 
-    rows = _run(artifact_status, _artifact_version(inventory, version))
+    ver, source = _artifact_target(inventory, version)
+    rows = _run(artifact_status, ver, source=source)
     if output is Output.json:
         _emit_json([r.__dict__ for r in rows])
     else:

@@ -1,11 +1,13 @@
 """The cluster's artifact mirror: where nodes get packages, binaries and images.
 
-With ``artifacts.source: offline`` the provisioner serves the artifact set (nginx for
-the apt repository and files, docker-registry for images) inside the cluster network,
-for as long as the cluster exists: a kubelet may pull an image long after ``up``
-finished (a pod rescheduled to another node). The mirror is therefore a detached
-service the provider runs next to its machines (for lab machines: inside the lab
-namespace, on the gateway address), stopped when the cluster is destroyed.
+The provisioner serves the artifact set (nginx for the apt repository and files,
+docker-registry for images) inside the cluster network, for as long as the cluster
+exists: a kubelet may pull an image long after ``up`` finished (a pod rescheduled to
+another node). The mirror is therefore a detached service the provider runs next to
+its machines (for lab machines: inside the lab namespace, on the gateway address),
+stopped when the cluster is destroyed. Both artifact sources need it: online mode
+(``artifacts.source: upstream``) serves the official kubeadm, kubelet and kubectl and
+only the images no upstream registry has (docs/artifacts.md).
 """
 
 from __future__ import annotations
@@ -42,21 +44,17 @@ def artifact_versions(inv: Any) -> dict[str, str]:
 def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
                   timeout: float = 600) -> dict[str, str]:
     """Start the mirror beside the machines (idempotent) and wait until it serves."""
-    spawn = getattr(provider, "spawn_in_lab", None)
-    if spawn is None:
-        raise ProvisionError(
-            f"provider {provider.name!r} cannot host the artifact mirror; use "
-            "`artifacts: {source: upstream}` or put one local-provider node in the cluster")
     from provision.artifacts import build
 
     # Built (or found in the cache) before anything starts, so that a build error is
     # reported as itself and not as a mirror that never came up.
-    build(inv.kubernetes.version)
+    source = inv.artifacts.source
+    aset = build(inv.kubernetes.version, source=source)
     urls = addresses(inv)
     gateway = str(inv.network.gateway)
-    pid = spawn(inv, "artifacts", [
+    pid = provider.spawn_in_lab(inv, "artifacts", [
         sys.executable, "-m", "provision.artifacts.serve", "--address", gateway,
-        "--version", inv.kubernetes.version,
+        "--version", inv.kubernetes.version, "--source", source,
         "--http-port", str(HTTP_PORT), "--registry-port", str(REGISTRY_PORT),
         # every lab cluster serves on its own gateway address, often the same one
         "--name", f"cluster-{inv.name}",
@@ -64,7 +62,7 @@ def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
     service_log = provider.paths(inv).machines_dir / "service-artifacts.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _serving(inv, urls):
+        if _serving(inv, urls, max(aset.images)):
             return urls
         if not Path(f"/proc/{pid}").exists():
             tail = service_log.read_text(errors="replace")[-2000:] if service_log.exists() else ""
@@ -75,10 +73,14 @@ def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
                          f"log: {service_log}")
 
 
-def _serving(inv: Any, urls: dict[str, str]) -> bool:
-    """Both servers answer and the registry holds the pause image (images pushed)."""
+def _serving(inv: Any, urls: dict[str, str], last_image: str) -> bool:
+    """Both servers answer and the registry lists the image the server pushes last
+    (it pushes in sorted order): every image is there."""
+    from provision.artifacts.oci import split_reference
     from provision.artifacts.serve import in_netns
     from provision.providers.local import lab_netns
+
+    repository = split_reference(last_image)[0].encode()
 
     def probe() -> bool:
         try:
@@ -86,7 +88,7 @@ def _serving(inv: Any, urls: dict[str, str]) -> bool:
                 pass
             req = f"http://{urls['registry']}/v2/_catalog"
             with urllib.request.urlopen(req, timeout=3) as resp:
-                return b"pause" in resp.read()
+                return repository in resp.read()
         except OSError:
             return False
 

@@ -66,18 +66,21 @@ class Cluster:
     def check_providers(self) -> None:
         """Provider-level validation (nothing touched); raises BadInput with every problem."""
         if self.inv.artifacts.source == "upstream":
-            # Said plainly rather than failing later in a role: the fetcher exists
-            # (python -m provision.artifacts fetch-upstream, checksums pinned in the
-            # lock) but no stage installs from upstream yet (issue 4).
-            raise BadInput(f"{self.inv.source_path}: artifacts.source: upstream is not "
-                           "supported by `up` yet; use `artifacts: {source: offline}` (the "
-                           "provisioner serves the pinned artifact set to the nodes)")
-        problems = []
-        for name, nodes in self.nodes_by_provider(self.inv.nodes).items():
-            problems += list(self.provider(name).check(self.inv, nodes))
-        errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
-        if errors:
-            raise BadInput("\n".join(str(p) for p in errors))
+            from provision.artifacts import upstream
+
+            # Online mode downloads only pinned files: an unpinned lock is refused here
+            # (NotPinned) rather than after machines were made.
+            upstream.require_pins(self.inv.kubernetes.version)
+        problems = [str(p) for name, nodes in self.nodes_by_provider(self.inv.nodes).items()
+                    for p in self.provider(name).check(self.inv, nodes)
+                    if getattr(p, "severity", "error") == "error"]
+        if self.mirror_host() is None:
+            problems.append(
+                f"{self.inv.source_path}: no provider of this cluster can run the artifact "
+                "mirror the nodes install from (with either artifacts.source); put one "
+                "node of the local provider (or of a local libvirt) in the cluster")
+        if problems:
+            raise BadInput("\n".join(problems))
 
     def hooks(self, progress: Any) -> Hooks:
         def ensure_machines(nodes: list[Any]) -> set[str]:
@@ -106,15 +109,12 @@ class Cluster:
             return out
 
         def services() -> dict[str, str]:
-            if self.inv.artifacts.source != "offline":
-                return {}
             progress.message("artifact mirror: starting (or reusing) it beside the machines")
             return mirror.ensure_mirror(self.inv, self.mirror_host())
 
         return Hooks(ensure_machines=ensure_machines, ssh_endpoints=endpoints,
                      services=services,
-                     service_addresses=lambda: (mirror.addresses(self.inv)
-                                                if self.inv.artifacts.source == "offline" else {}),
+                     service_addresses=lambda: mirror.addresses(self.inv),
                      artifact_versions=lambda: mirror.artifact_versions(self.inv))
 
     def mirror_host(self) -> Any:
@@ -122,7 +122,7 @@ class Cluster:
         for name in self.nodes_by_provider(self.inv.nodes):
             if hasattr(self.provider(name), "spawn_in_lab"):
                 return self.provider(name)
-        return self.provider(self.inv.nodes[0].provider)
+        return None
 
 
 def _open_run(cluster: Cluster, command: str, inventory_path: Path) -> tuple[Any, Any]:

@@ -1,4 +1,4 @@
-"""python -m provision.artifacts build|status [--version V] [--update-lock]
+"""python -m provision.artifacts build|status [--version V] [--source S] [--update-lock]
 python -m provision.artifacts fetch-upstream|pin-upstream [--version V] [--base-url URL]
 
 A stand-in until the lead wires `provision artifacts build|status` into the CLI."""
@@ -11,6 +11,7 @@ import sys
 import time
 
 from provision.artifacts import build, status
+from provision.artifacts.assemble import SOURCES
 from provision.errors import ProvisionError
 
 
@@ -18,11 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m provision.artifacts")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
-    b.add_argument("--version", default=None)
     b.add_argument("--update-lock", action="store_true")
     s = sub.add_parser("status")
-    s.add_argument("--version", default=None)
     s.add_argument("--json", action="store_true")
+    for p in (b, s):
+        p.add_argument("--version", default=None)
+        p.add_argument("--source", choices=SOURCES, default="offline",
+                       help="the inventory's artifacts.source (upstream: online mode)")
     for name, what in (("fetch-upstream", "download the official files (online mode)"),
                        ("pin-upstream", "write the official sha256 files into the lock")):
         u = sub.add_parser(name, help=what)
@@ -44,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "build":
             t0 = time.monotonic()
             aset = build(args.version, progress=lambda m: print(m, flush=True),
-                         update_lock=args.update_lock)
+                         source=args.source, update_lock=args.update_lock)
             print(json.dumps({"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
                               "images": aset.images, "timings": aset.timings,
                               "seconds": round(time.monotonic() - t0, 1)}, indent=1))
         else:
-            rows = status(args.version)
+            rows = status(args.version, source=args.source)
             if args.json:
                 print(json.dumps([r.__dict__ for r in rows], indent=1))
             else:

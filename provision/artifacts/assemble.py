@@ -4,6 +4,11 @@ Order: Go programs (Kubernetes, CoreDNS, flannel, the flannel CNI plugin, etcd,
 pause, crictl), Debian packages (node closure plus what images need), our etcd
 packages, the apt repository, the images. Every step is cached by its inputs
 (cache.py), so a warm build only looks records up and checks them against the lock.
+
+``source="upstream"`` (online mode, the inventory's ``artifacts.source``) changes only
+where the Kubernetes binaries and images come from: kubeadm, kubelet and kubectl are
+the official files (upstream.py), the nodes pull every image that exists upstream from
+its registry, and only what has no official counterpart is built here.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.artifacts import debs, etcdpkg, gobuild, images, locks, upstream, versions
+from provision.artifacts import debs, etcdpkg, gobuild, images, locks, netcheck, upstream, versions
 from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
 from provision.artifacts.locks import LockEntry
+from provision.errors import BadInput
 
 Progress = Callable[[str], None]
+
+SOURCES = ("offline", "upstream")  # the inventory's artifacts.source
+
+# What online mode still builds: etcd (our .debs), crictl (no official file we could
+# fetch), the flannel CNI plugin (node file and our own image) and the network check.
+ONLINE_STEPS = ("etcd", "flannel-cni", "crictl", "netcheck")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,28 @@ class ArtifactSet:
         return "\n".join(lines) + "\n"
 
 
+def programs(rel: versions.Release, source: str) -> list[gobuild.GoProgram]:
+    """The Go programs built here for an artifact source."""
+    progs = [*gobuild.programs(rel), netcheck.program()]
+    return [p for p in progs if p.step in ONLINE_STEPS] if source == "upstream" else progs
+
+
+def image_defs(rel: versions.Release, source: str) -> list[images.ImageDef]:
+    """The release's images built here (the network check's aside): online, only those
+    no upstream registry has."""
+    return images.own_image_defs(rel) if source == "upstream" else images.image_defs(rel)
+
+
+def official_binaries(rel: versions.Release, cache: Cache, progress: Progress,
+                      lock_dir: Path | None = None) -> list[Artifact]:
+    """Online mode's kubeadm, kubelet, kubectl: the official files, downloaded (or found
+    in the cache) and checked against the lock's pins."""
+    fetched = upstream.fetch(rel.kubernetes, progress, cache=cache, lock_dir=lock_dir)
+    # a blob is named by its sha256
+    return [Artifact(name, "binary", rel.kubernetes, upstream.official_url(rel, name),
+                     path.name, path) for name, path in fetched.items()]
+
+
 @contextlib.contextmanager
 def _exclusive(cache: Cache, version: str) -> Iterator[None]:
     """One build per release and cache at a time (builds of two releases may run
@@ -102,15 +136,20 @@ def _deb_pins(rel: versions.Release, lock: locks.Lock | None, update: bool,
 
 
 def build(version: str | None = None, progress: Progress | None = None, *,
-          update_lock: bool = False, cache: Cache | None = None,
+          source: str = "offline", update_lock: bool = False, cache: Cache | None = None,
           lock_dir: Path | None = None, log_dir: Path | None = None) -> ArtifactSet:
-    """Build (or find in the cache) every artifact of a Kubernetes release.
+    """Build (or find in the cache) every artifact of a Kubernetes release for an
+    artifact source (``offline`` or ``upstream``).
 
-    Raises UnsupportedVersion, ToolchainMissing, ChecksumMismatch, DiskFull or
+    Raises UnsupportedVersion, NotPinned, ToolchainMissing, ChecksumMismatch, DiskFull or
     ArtifactError; never leaves a half-written cache entry."""
     rel = versions.release(version or versions.DEFAULT_KUBERNETES_VERSION)
     say = progress or (lambda _m: None)
     cache = cache or Cache()
+    if update_lock and source == "upstream":
+        # an online set lacks most of what the lock pins: it would drop their entries
+        raise BadInput("--update-lock records a whole offline set: run it with source "
+                       "offline (without an inventory whose artifacts.source is upstream)")
     lock = locks.load(rel.kubernetes, lock_dir)
     if lock is None and not update_lock:
         locks.verify(None, [], update=False)  # raises with the how-to
@@ -119,6 +158,10 @@ def build(version: str | None = None, progress: Progress | None = None, *,
     produced: list[LockEntry] = []
     with _exclusive(cache, rel.kubernetes):
         t0 = time.monotonic()
+        fetched: list[Artifact] = []
+        if source == "upstream":  # first: unpinned or tampered files stop it before any work
+            fetched = official_binaries(rel, cache, say, lock_dir)
+            timings["upstream"] = round(time.monotonic() - t0, 1)
         try:
             goversion = gobuild.go_version()
             missing_go: ToolchainMissing | None = None
@@ -128,9 +171,7 @@ def build(version: str | None = None, progress: Progress | None = None, *,
                 raise
             goversion, missing_go = lock.go, e
         binaries: dict[str, str] = {}
-        from provision.artifacts import netcheck  # the network check's test image
-
-        for prog in [*gobuild.programs(rel), netcheck.program()]:
+        for prog in programs(rel, source):
             t = time.monotonic()
             key = recipe_key(gobuild.recipe(prog, goversion))
             rec = cache.get_record("go-" + prog.step, key)
@@ -173,12 +214,13 @@ def build(version: str | None = None, progress: Progress | None = None, *,
         timings["apt-repo"] = round(time.monotonic() - t, 1)
 
         t = time.monotonic()
+        defs = image_defs(rel, source)
         img_rec = images.build_images(
-            rel, binaries, {n: i for n, i in deb_rec["files"].items() if n in image_debs},
+            defs, binaries, {n: i for n, i in deb_rec["files"].items() if n in image_debs},
             deb_rec["files"]["ca-certificates"]["sha256"], cache, say)
         image_entries = []
         for ref, digest in sorted(img_rec["images"].items()):
-            defn = next(d for d in images.image_defs(rel) if d.ref == ref)
+            defn = next(d for d in defs if d.ref == ref)
             image_entries.append(LockEntry(
                 ref, "image", ref.rsplit(":", 1)[1],
                 f"built:provision.artifacts.images ({defn.binary}"
@@ -198,8 +240,8 @@ def build(version: str | None = None, progress: Progress | None = None, *,
             say(f"lock: wrote {new.path}")
         timings["total"] = round(time.monotonic() - t0, 1)
 
-    artifacts = [Artifact(e.name, e.kind, e.version, e.source, e.sha256,
-                          cache.blob_path(e.sha256)) for e in produced]
+    artifacts = fetched + [Artifact(e.name, e.kind, e.version, e.source, e.sha256,
+                                    cache.blob_path(e.sha256)) for e in produced]
     apt = {p: cache.blob_path(i["sha256"]) for p, i in repo["files"].items()}
     built_images = {**img_rec["images"], netcheck.IMAGE_REF: netcheck_digest}
     return ArtifactSet(rel.kubernetes, artifacts, built_images, apt, cache, timings)
@@ -215,10 +257,11 @@ class ArtifactStatus:
     kind: str = ""
 
 
-def status(version: str | None = None, *, cache: Cache | None = None,
+def status(version: str | None = None, *, source: str = "offline", cache: Cache | None = None,
            lock_dir: Path | None = None) -> list[ArtifactStatus]:
-    """Every artifact the lock pins for ``version`` and whether the cache holds it
-    (for an image: its manifest, config and every layer)."""
+    """Every artifact a set for ``source`` is made of, as the lock pins it, and whether
+    the cache holds it (for an image: its manifest, config and every layer). An official
+    file the lock does not pin yet is missing (sha256 "")."""
     from provision.artifacts import oci
 
     rel = versions.release(version or versions.DEFAULT_KUBERNETES_VERSION)
@@ -228,7 +271,7 @@ def status(version: str | None = None, *, cache: Cache | None = None,
         raise ArtifactError(f"no lock file for {rel.kubernetes} "
                             f"({locks.lock_path(rel.kubernetes, lock_dir)})")
     out = []
-    for e in lock.entries:
+    for e in _lock_entries(rel, lock, source):
         present = cache.has_blob(e.sha256)
         if present and e.kind == "image":
             try:
@@ -237,6 +280,16 @@ def status(version: str | None = None, *, cache: Cache | None = None,
                 present = False
         out.append(ArtifactStatus(e.name, e.version, e.source, e.sha256, present, e.kind))
     return out
+
+
+def _lock_entries(rel: versions.Release, lock: locks.Lock, source: str) -> list[LockEntry]:
+    """The lock entries of what ``build(source=...)`` returns."""
+    if source != "upstream":
+        return lock.entries
+    built = {name for p in programs(rel, source) for name, _pkg in p.packages}
+    built |= {d.ref for d in image_defs(rel, source)} | {netcheck.IMAGE_REF}
+    return ([e for e in lock.entries if e.kind == "deb" or e.name in built]
+            + upstream.lock_entries(rel, lock))
 
 
 def default_log_dir() -> Path:

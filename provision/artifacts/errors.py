@@ -18,6 +18,11 @@ class UnsupportedVersion(BadInput):
         )
 
 
+class NotPinned(BadInput):
+    """Online mode, but the lock pins no checksum for an official file: nothing is
+    downloaded (an unchecked download could be anything)."""
+
+
 class ToolchainMissing(ArtifactError):
     """`go` (or another build tool) is absent or too old."""
 

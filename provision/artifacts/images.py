@@ -22,6 +22,10 @@ RECIPE_VERSION = 3
 
 LIB_PATH = "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"
 
+# Our tag of an upstream name: no registry but ours has it, so online mode, where the
+# nodes pull every other image from its upstream registry, still builds and serves it.
+FLANNEL_CNI_IMAGE = f"ghcr.io/flannel-io/flannel-cni-plugin:{versions.FLANNEL_CNI_IMAGE_TAG}"
+
 
 @dataclass(frozen=True)
 class ImageDef:
@@ -50,10 +54,14 @@ def image_defs(rel: versions.Release) -> list[ImageDef]:
                  ("/coredns",)),
         ImageDef(f"ghcr.io/flannel-io/flannel:{versions.FLANNEL_VERSION}", "flanneld",
                  "/opt/bin/flanneld", ("/opt/bin/flanneld",), tools=True),
-        ImageDef(f"ghcr.io/flannel-io/flannel-cni-plugin:{versions.FLANNEL_CNI_IMAGE_TAG}",
-                 "flannel", "/flannel", ("/flannel",), tools=True),
+        ImageDef(FLANNEL_CNI_IMAGE, "flannel", "/flannel", ("/flannel",), tools=True),
     ]
     return defs
+
+
+def own_image_defs(rel: versions.Release) -> list[ImageDef]:
+    """The images of a release that exist only in our registry."""
+    return [d for d in image_defs(rel) if d.ref == FLANNEL_CNI_IMAGE]
 
 
 PASSWD = (
@@ -118,11 +126,10 @@ def tools_layer(tool_debs: list[Path], work: Path) -> oci.LayerSpec:
     return spec
 
 
-def build_images(rel: versions.Release, binaries: dict[str, str], image_debs: dict[str, dict],
+def build_images(defs: list[ImageDef], binaries: dict[str, str], image_debs: dict[str, dict],
                  ca_deb_sha: str, cache: Cache, progress) -> dict:
-    """binaries: {name: blob sha}; image_debs: fetch record files. Returns the record
-    {"images": {ref: manifest digest}, "files": {...every blob...}}."""
-    defs = image_defs(rel)
+    """defs: from image_defs; binaries: {name: blob sha}; image_debs: fetch record files.
+    Returns the record {"images": {ref: manifest digest}, "files": {...every blob...}}."""
     key = recipe_key({
         "v": RECIPE_VERSION,
         "defs": [d.__dict__ for d in defs],

@@ -322,14 +322,15 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m provision.artifacts.serve --address A [--netns NS] [--version V]:
-    serve until interrupted."""
+    """python -m provision.artifacts.serve --address A [--netns NS] [--version V]
+    [--source S]: serve until interrupted."""
     import argparse
 
-    from provision.artifacts.assemble import build
+    from provision.artifacts.assemble import SOURCES, build
 
     ap = argparse.ArgumentParser(prog="python -m provision.artifacts.serve")
     ap.add_argument("--version", default=None)
+    ap.add_argument("--source", choices=SOURCES, default="offline")
     ap.add_argument("--address", required=True)
     ap.add_argument("--netns", default=None)
     ap.add_argument("--http-port", type=int, default=8080)
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None,
                     help="names the run directory (e.g. the namespace it serves in)")
     args = ap.parse_args(argv)
-    aset = build(args.version, progress=print)
+    aset = build(args.version, progress=print, source=args.source)
     srv = ArtifactServer(aset, args.address, http_port=args.http_port,
                          registry_port=args.registry_port, netns=args.netns, name=args.name)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from provision.artifacts import locks, versions
 from provision.artifacts.cache import Cache, disk_full
-from provision.artifacts.errors import ArtifactError, ChecksumMismatch
+from provision.artifacts.errors import ArtifactError, ChecksumMismatch, NotPinned
 from provision.artifacts.locks import LockEntry
 
 Progress = Callable[[str], None]
@@ -75,28 +75,36 @@ def _lock(version: str | None, lock_dir: Path | None) -> tuple[versions.Release,
     return rel, lock
 
 
+def require_pins(version: str | None = None, lock_dir: Path | None = None
+                 ) -> tuple[locks.Lock, list[LockEntry]]:
+    """The lock and its official files, every one pinned; else NotPinned (a BadInput:
+    callers check this before touching anything) naming the files, the lock and the fix."""
+    rel, lock = _lock(version, lock_dir)
+    entries = lock_entries(rel, lock)
+    unpinned = [e.name for e in entries if not e.sha256]
+    if unpinned:
+        raise NotPinned(
+            f"online mode: the lock file {lock.path} pins no sha256 for "
+            f"{', '.join(unpinned)} of Kubernetes {rel.kubernetes}, so nothing is "
+            "downloaded (an unchecked download could be anything). Pin them on a machine "
+            "that reaches dl.k8s.io: `python -m provision.artifacts pin-upstream "
+            f"--version {rel.kubernetes}` (reads the official <url>.sha256 files), review "
+            "the lock file's diff against the release announcement, and commit it; or use "
+            "`artifacts: {source: offline}`."
+        )
+    return lock, entries
+
+
 def fetch(version: str | None = None, progress: Progress | None = None, *,
           cache: Cache | None = None, lock_dir: Path | None = None,
           base_url: str | None = None) -> dict[str, Path]:
     """Download (or find in the cache) the official files of a release; ``{name: blob}``.
 
-    Raises ArtifactError naming every unpinned file (nothing is downloaded then),
+    Raises NotPinned naming every unpinned file (nothing is downloaded then),
     ChecksumMismatch (with the URL), DiskFull, or ArtifactError for a failed download."""
     say = progress or (lambda _m: None)
     cache = cache or Cache()
-    rel, lock = _lock(version, lock_dir)
-    entries = lock_entries(rel, lock)
-    unpinned = [e for e in entries if not e.sha256]
-    if unpinned:
-        raise ArtifactError(
-            f"online mode: the lock file {lock.path} pins no sha256 for "
-            f"{', '.join(e.name for e in unpinned)} of Kubernetes {rel.kubernetes}, so "
-            "nothing is downloaded (an unchecked download could be anything). Pin them on "
-            "a machine that reaches dl.k8s.io: `python -m provision.artifacts pin-upstream "
-            f"--version {rel.kubernetes}` (reads the official <url>.sha256 files), review "
-            "the lock file's diff against the release announcement, and commit it; or use "
-            "`artifacts: {source: offline}`."
-        )
+    lock, entries = require_pins(version, lock_dir)
     out: dict[str, Path] = {}
     for e in entries:
         if cache.has_blob(e.sha256):

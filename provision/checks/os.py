@@ -53,7 +53,7 @@ def test_time_synchronised(host, in_container):
 def test_apt_points_at_the_mirror(host, cluster):
     mirror = cluster.get("provision_mirror_url")
     if not mirror:
-        pytest.skip("no artifact mirror (upstream artifacts)")
+        pytest.skip("no artifact mirror in the variables (roles run without provision)")
     assert mirror in host.file("/etc/apt/sources.list.d/provision.list").content_string
 
 

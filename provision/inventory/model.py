@@ -126,7 +126,10 @@ class ArtifactsSpec(Spec):
     source: Literal["offline", "upstream"] = Field(
         default="offline",
         description="offline: the provisioner serves a locked artifact set to the nodes "
-        "(no internet needed). upstream: nodes download from the projects' own sites.",
+        "(no internet needed). upstream (online mode): kubeadm, kubelet and kubectl are the "
+        "official release files (sha256 pinned in the lock; the mirror still serves them) "
+        "and nodes pull Kubernetes, CoreDNS and flannel images from upstream registries; "
+        "packages and the rest still come from the provisioner's mirror.",
     )
 
 

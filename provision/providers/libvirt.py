@@ -747,8 +747,9 @@ class LibvirtProvider:
 
         s = self.settings(inv)
         if not _is_local(s.uri):
-            raise ProviderError(f"the artifact mirror cannot run beside VMs on a remote "
-                                f"libvirt host ({s.uri}); use artifacts: {{source: upstream}}")
+            raise ProviderError(f"the artifact mirror, which the nodes install from with "
+                                f"either artifacts.source, cannot run beside VMs on a remote "
+                                f"libvirt host ({s.uri})")
         machines = self.paths(inv).machines_dir
         machines.mkdir(parents=True, exist_ok=True)
         pidfile, log = machines / f"service-{name}.pid", machines / f"service-{name}.log"

@@ -1,7 +1,7 @@
 """Slow-tier fixtures: TCG virtual machines through a private libvirtd.
 
 Everything a slow test makes is named after the pytest process (clusters
-``pvvm<pid>``/``pvmx<pid>``, whose lab namespace ``pv-<cluster>`` holds the private
+``pvvm<pid>``, whose lab namespace ``pv-<cluster>`` holds the private
 libvirtd; ``pvlv<pid>`` for the bench's) and torn down by a
 finalizer. Leftovers of a crashed earlier run (its pid gone) are swept first.
 """
@@ -45,9 +45,9 @@ def sweep() -> None:
     if Path("/run/netns").is_dir():
         names |= {p.name for p in Path("/run/netns").iterdir()}
     names |= {p.name for p in Path("/tmp").glob(f"{LIBVIRTD_PREFIX}*")}
-    names |= {p.name for p in Path("/tmp").glob("pv-pv[vm][mx]*")}
+    names |= {p.name for p in Path("/tmp").glob("pv-pvvm*")}
     for name in sorted(names):
-        m = re.fullmatch(rf"(?:{LIBVIRTD_PREFIX}|pv-pvvm|pv-pvmx)(\d+)", name)
+        m = re.fullmatch(rf"(?:{LIBVIRTD_PREFIX}|pv-pvvm)(\d+)", name)
         if m and not _alive(int(m.group(1))):
             lab = LabLibvirtd(name)
             with contextlib.suppress(Exception):

@@ -65,9 +65,17 @@ class VMCluster:
     timings: dict[str, float] = field(default_factory=dict)
     destroyed: bool = False
 
-    def write_inventory(self, vm_memory: str = VM_MEMORY) -> Path:
-        self.path.write_text(inventory_text(self.cluster, self.lab, vm_memory))
+    def write_inventory(self) -> Path:
+        self.path.write_text(inventory_text(self.cluster, self.lab))
         return self.path
+
+    def inv_with(self, vm_memory: str) -> Any:
+        """The inventory with another VM memory size, in a file of its own."""
+        from provision.inventory import load_inventory
+
+        changed = self.tmp / "changed-inventory.yaml"
+        changed.write_text(inventory_text(self.cluster, self.lab, vm_memory))
+        return load_inventory(changed)
 
     @property
     def paths(self) -> Any:

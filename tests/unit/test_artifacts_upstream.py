@@ -1,5 +1,6 @@
 """Online mode: official files downloaded from a real HTTP server (127.0.0.1) into the
-cache, checked against the lock; unpinned, tampered, cut or missing files rejected."""
+cache, checked against the lock; unpinned, tampered, cut or missing files rejected; the
+artifact set of source upstream serves them instead of Go builds."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import threading
 
 import pytest
 
-from provision.artifacts import locks, upstream, versions
+from provision.artifacts import assemble, gobuild, locks, upstream, versions
 from provision.artifacts.cache import Cache
-from provision.artifacts.errors import ArtifactError, ChecksumMismatch
+from provision.artifacts.errors import ArtifactError, ChecksumMismatch, NotPinned
+from provision.errors import EXIT_BAD_INPUT, BadInput
 
 VERSION = "v1.37.2"
+RELEASE = versions.release(VERSION)
 PREFIX = f"/release/{VERSION}/bin/linux/amd64/"
 
 
@@ -92,10 +95,12 @@ def test_committed_locks_leave_upstream_unpinned_rather_than_invent_checksums():
 def test_unpinned_files_are_never_downloaded(server, lock_dir, store):
     files, base = server
     _publish(files)
-    with pytest.raises(ArtifactError) as err:
+    with pytest.raises(NotPinned) as err:
         upstream.fetch(VERSION, cache=store, lock_dir=lock_dir, base_url=base)
     msg = str(err.value)
     assert "kubeadm, kubelet, kubectl" in msg and "pin-upstream --version v1.37.2" in msg
+    assert str(locks.lock_path(VERSION, lock_dir)) in msg and "source: offline" in msg
+    assert err.value.exit_code == EXIT_BAD_INPUT  # nothing was touched
     assert files.requests == []
 
 
@@ -178,3 +183,84 @@ def test_lock_update_keeps_upstream_pins(lock_dir):
     # a pin for another URL (another release) is not carried over
     other = upstream.lock_entries(versions.release("v1.36.3"), lock)
     assert [e.sha256 for e in other] == [""] * 3
+
+
+# --- the artifact set of source upstream (assemble.py) ----------------------------------
+
+
+@pytest.fixture
+def pinned(server, lock_dir, monkeypatch):
+    """Official files published and pinned; downloads go to the test server."""
+    files, base = server
+    bodies = _publish(files)
+    upstream.pin(VERSION, lock_dir=lock_dir, base_url=base)
+    monkeypatch.setenv(upstream.MIRROR_ENV, base)
+    return files, bodies
+
+
+def _records(store: Cache) -> list:
+    return list(store.steps.rglob("*.json"))
+
+
+def test_an_online_set_serves_the_official_files_not_go_builds(pinned, lock_dir, store):
+    files, bodies = pinned
+    official = assemble.official_binaries(RELEASE, store, lambda _m: None, lock_dir)
+    aset = assemble.ArtifactSet(VERSION, official, {}, {}, store)
+    tree, sums = aset.files_tree(), aset.sha256sums()
+    for name, body in bodies.items():
+        assert tree[f"{VERSION}/bin/{name}"].read_bytes() == body
+        assert f"{hashlib.sha256(body).hexdigest()}  bin/{name}" in sums
+    # the lock's identity of each file is the official URL, whichever server sent it
+    assert {a.source for a in official} == {
+        f"https://dl.k8s.io{PREFIX}{n}" for n in upstream.BINARIES}
+    # and no Go build of the same names competes with them
+    built = {b for p in assemble.programs(RELEASE, "upstream") for b, _pkg in p.packages}
+    assert not built & set(gobuild.KUBERNETES_BINARIES)
+    built_offline = {b for p in assemble.programs(RELEASE, "offline") for b, _pkg in p.packages}
+    assert set(gobuild.KUBERNETES_BINARIES) <= built_offline
+
+
+def test_online_mode_serves_only_images_no_upstream_registry_has():
+    assert {d.ref for d in assemble.image_defs(RELEASE, "upstream")} == {
+        f"ghcr.io/flannel-io/flannel-cni-plugin:{versions.FLANNEL_CNI_IMAGE_TAG}"}
+    assert len(assemble.image_defs(RELEASE, "offline")) == 8
+
+
+def test_an_online_build_without_pins_stops_before_any_work(server, lock_dir, store):
+    files, base = server
+    _publish(files)
+    with pytest.raises(NotPinned, match="pins no sha256 for kubeadm, kubelet, kubectl"):
+        assemble.build(VERSION, source="upstream", cache=store, lock_dir=lock_dir)
+    assert files.requests == []
+    assert _records(store) == [] and list(store.blobs.glob("*")) == []
+
+
+def test_an_online_build_refuses_a_tampered_file(pinned, lock_dir, store):
+    files, bodies = pinned
+    files.content[PREFIX + "kubelet"] = bodies["kubelet"] + b"x"
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch for kubelet downloaded"):
+        assemble.build(VERSION, source="upstream", cache=store, lock_dir=lock_dir)
+    assert _records(store) == []  # nothing built after it
+
+
+def test_an_online_build_does_not_rewrite_the_lock(lock_dir, store):
+    before = locks.lock_path(VERSION, lock_dir).read_text()
+    with pytest.raises(BadInput, match="--update-lock records a whole offline set"):
+        assemble.build(VERSION, source="upstream", update_lock=True, cache=store,
+                       lock_dir=lock_dir)
+    assert locks.lock_path(VERSION, lock_dir).read_text() == before
+
+
+def test_status_of_an_online_set(pinned, lock_dir, store):
+    def rows() -> dict[str, assemble.ArtifactStatus]:
+        return {r.name: r for r in assemble.status(VERSION, source="upstream", cache=store,
+                                                   lock_dir=lock_dir)}
+
+    before = rows()
+    assert {n for n in upstream.BINARIES if not before[n].present} == set(upstream.BINARIES)
+    assert before["kubeadm"].source == f"https://dl.k8s.io{PREFIX}kubeadm"
+    assert {"etcd", "crictl", "flannel", "ghcr.io/provision/netcheck:v0.1.0"} <= set(before)
+    assert "deb/containerd" in before
+    assert not {"kube-apiserver", "coredns", "pause", "registry.k8s.io/pause:3.10.2"} & set(before)
+    upstream.fetch(VERSION, cache=store, lock_dir=lock_dir)
+    assert all(rows()[n].present for n in upstream.BINARIES)

@@ -58,6 +58,41 @@ def test_bad_inventory_fails_before_touching_anything(command, tmp_path, monkeyp
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.parametrize("command", ["up", "plan"])
+def test_online_mode_without_pinned_checksums_fails_before_touching_anything(
+        command, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    result = runner.invoke(app, [command, "-i", str(ROOT / "inventories/static.yaml")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert "pins no sha256 for kubeadm, kubelet, kubectl" in text
+    assert "provision/artifacts/locks/v1.37.2.yaml" in text
+    assert "pin-upstream --version v1.37.2" in text and "source: offline" in text
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_cluster_without_a_mirror_host_fails_before_touching_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    inventory = tmp_path / "static.yaml"
+    text = (ROOT / "inventories/static.yaml").read_text()
+    inventory.write_text(text.replace("source: upstream", "source: offline"))
+    result = runner.invoke(app, ["up", "-i", str(inventory)])
+    assert result.exit_code == 2, result.output
+    assert "no provider of this cluster can run the artifact mirror" in \
+        " ".join(result.output.split())
+    assert not (tmp_path / "state").exists()
+
+
+def test_artifact_status_follows_the_inventory_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROVISION_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["artifacts", "status", "-i",
+                                 str(ROOT / "inventories/static.yaml"), "--output", "json"])
+    assert result.exit_code == 1, result.output  # an empty cache: everything missing
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["kubeadm"]["source"].startswith("https://dl.k8s.io/release/v1.37.2/")
+    assert "kube-apiserver" not in rows and "etcd" in rows
+
+
 def test_missing_inventory_file_is_bad_input(tmp_path):
     result = runner.invoke(app, ["validate", "-i", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2

@@ -136,22 +136,19 @@ def test_keepalived_unicast_peers_are_the_others():
     assert "10.250.0.10/24 dev eth0" in out and "weight -50" in out
 
 
-@pytest.mark.parametrize("container,v1", [(True, True), (False, False)])
-def test_kubeadm_init_config(container, v1):
+@pytest.mark.parametrize("container", [True, False])
+def test_kubeadm_init_config(container):
     out = render(
         "control_plane", "kubeadm-init.yaml.j2",
         cp_apiserver_port=6443, cp_cri_socket="unix:///run/containerd/containerd.sock",
-        cp_preflight_ignored=["SystemVerification"] if v1 else [],
-        cp_config_dir="/etc/kubernetes/provision",
+        cp_preflight_ignored=["SystemVerification"],
+        kubelet_patches_dir="/etc/kubernetes/provision/patches",
         cp_cluster_name="local", cp_version="v1.37.2", cp_endpoint="10.250.0.10:6443",
         cp_image_repository="registry.k8s.io", cp_pod_cidr="10.244.0.0/16",
         cp_service_cidr="10.96.0.0/12", cp_cluster_domain="cluster.local",
         cp_etcd_group="etcd", cp_etcd_client_port=2379,
         cp_cert_sans=["10.250.0.10", "127.0.0.1", "cp-1", "cp-2", "cp-3"],
-        kubelet_cgroup_driver_effective="cgroupfs" if v1 else "systemd",
-        kubelet_resolv_conf="/etc/resolv.conf", kubelet_cgroup_v1=v1,
-        kubelet_in_container=container, kubelet_container_cgroup_root="/kubelet",
-        kubelet_container_eviction_hard={"nodefs.available": "0%"})
+        kubelet_in_container=container)
     docs = {d["kind"]: d for d in yaml.safe_load_all(out)}
     init, cluster = docs["InitConfiguration"], docs["ClusterConfiguration"]
     assert init["apiVersion"] == cluster["apiVersion"] == "kubeadm.k8s.io/v1beta4"
@@ -161,10 +158,40 @@ def test_kubeadm_init_config(container, v1):
     assert cluster["etcd"]["external"]["endpoints"] == [
         "https://10.250.0.11:2379", "https://10.250.0.12:2379", "https://10.250.0.13:2379"]
     assert {"10.250.0.10", "127.0.0.1", "cp-2"} <= set(cluster["apiServer"]["certSANs"])
-    kubelet, proxy = docs["KubeletConfiguration"], docs["KubeProxyConfiguration"]
-    assert ("failCgroupV1" in kubelet) == v1 and kubelet.get("failCgroupV1", False) is False
-    assert (kubelet.get("cgroupRoot") == "/kubelet") == container
+    # node-dependent kubelet settings are per-node patches, never cluster-wide
+    assert "KubeletConfiguration" not in docs
+    proxy = docs["KubeProxyConfiguration"]
     assert (proxy.get("conntrack", {}).get("maxPerCore") == 0) == container
+
+
+@pytest.mark.parametrize("container,v1", [(True, True), (False, False)])
+def test_kubelet_patch_carries_this_nodes_settings(container, v1):
+    out = render("kubelet", "kubeletconfiguration+merge.yaml.j2",
+                 kubelet_cgroup_driver_effective="cgroupfs" if v1 else "systemd",
+                 kubelet_resolv_conf="/etc/resolv.conf", kubelet_cgroup_v1=v1,
+                 kubelet_in_container=container, kubelet_container_cgroup_root="/kubelet",
+                 kubelet_container_eviction_hard={"nodefs.available": "0%"})
+    patch = yaml.safe_load(out)
+    assert patch["cgroupDriver"] == ("cgroupfs" if v1 else "systemd")
+    assert ("failCgroupV1" in patch) == v1 and patch.get("failCgroupV1", False) is False
+    assert (patch.get("cgroupRoot") == "/kubelet") == container
+    assert ("evictionHard" in patch) == container
+
+
+@pytest.mark.parametrize("template,role,extra", [
+    ("kubeadm-join.yaml.j2", "worker", dict(
+        worker_endpoint="10.250.0.10:6443", worker_join_token="abcdef.0123456789abcdef",
+        worker_join_ca_hash="sha256:00", worker_cri_socket="unix:///x",
+        worker_preflight_ignored=[])),
+    ("kubeadm-join.yaml.j2", "control_plane", dict(
+        cp_endpoint="10.250.0.10:6443", cp_join_token="abcdef.0123456789abcdef",
+        cp_join_ca_hash="sha256:00", cp_cri_socket="unix:///x", cp_preflight_ignored=[],
+        cp_apiserver_port=6443, cp_join_certificate_key="00")),
+])
+def test_every_join_reads_the_nodes_patches(template, role, extra):
+    out = render(role, template, kubelet_patches_dir="/etc/kubernetes/provision/patches",
+                 **extra)
+    assert yaml.safe_load(out)["patches"] == {"directory": "/etc/kubernetes/provision/patches"}
 
 
 def test_apiserver_patch_binds_node_address():
