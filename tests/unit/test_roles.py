@@ -124,6 +124,8 @@ def test_haproxy_balances_every_api_server():
     for _, address, roles in NODES:
         assert (f"{address}:6443" in out) == ("control-plane" in roles)
     assert "bind 127.0.0.1:8404" in out
+    # a stopped backend costs a client one second, not its whole request timeout
+    assert "timeout connect 1s" in out and "option redispatch 1" in out
 
 
 def test_keepalived_unicast_peers_are_the_others():
