@@ -55,6 +55,9 @@ def check_module(name: str, checks_dir: Path | None = None) -> Path:
     return path
 
 
+PARALLEL_NODES = 4
+
+
 def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict[str, Any],
                junit: Path, timeout: float = 900,
                checks_dir: Path | None = None) -> VerifyResult:
@@ -75,6 +78,9 @@ def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict
         "--rootdir", str(CHECKS_DIR),
         "-c", str(CHECKS_DIR / "pytest.ini"),
         "-q", "--no-header", "-rN",
+        # Checks wait on SSH round trips, not CPU: one xdist worker per node (a few at
+        # most) turns a stage's checks from the sum of its nodes into about the slowest.
+        *(["-n", str(min(len(nodes), PARALLEL_NODES))] if len(nodes) > 1 else []),
     ]
     env = dict(os.environ, PROVISION_CHECK_CONTEXT=str(context_file))
     try:
