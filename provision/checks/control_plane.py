@@ -54,3 +54,11 @@ def test_node_registered(host, cluster):
     assert out.rc == 0, out.stderr
     info = json.loads(out.stdout)["status"]["nodeInfo"]
     assert info["kubeletVersion"] == cluster["provision_kubernetes_version"]
+
+
+def test_kubeadm_and_kubectl_are_the_pinned_release(host, cluster):
+    """Built from Go modules, they must still say the real release (version ldflags)."""
+    pinned = cluster["provision_kubernetes_version"]
+    assert host.check_output("kubeadm version -o short") == pinned
+    client = json.loads(host.check_output("kubectl version --client -o json"))
+    assert client["clientVersion"]["gitVersion"] == pinned
