@@ -44,12 +44,13 @@ artifacts: deps
 up: deps artifacts
 	$(PROVISION) up -i $(INVENTORY)
 	$(PROVISION) kubeconfig -i $(INVENTORY)
-	kubectl=$$($(PY) -c 'import sys; from provision.artifacts import build; from provision.inventory import load_inventory; print(build(load_inventory(sys.argv[1]).kubernetes.version).binaries["kubectl"])' $(INVENTORY))
+	# the pinned kubectl (built with the cluster's artifacts) beside provision in the venv
+	ln -sf "$$($(PY) -c 'import sys; from provision.artifacts import build; from provision.inventory import load_inventory; print(build(load_inventory(sys.argv[1]).kubernetes.version).binaries["kubectl"])' $(INVENTORY))" $(VENV)/bin/kubectl
 	kubeconfig=$$($(PROVISION) kubeconfig -i $(INVENTORY) -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kubeconfig"])')
 	echo
 	echo "The cluster is up. Use it with:"
 	echo "  export KUBECONFIG=$$kubeconfig"
-	echo "  $$kubectl get nodes"
+	echo "  $(VENV)/bin/kubectl get nodes"
 	echo "Shell on a node: $(PROVISION) ssh -i $(INVENTORY) cp-1"
 	echo "Tear it down:    $(PROVISION) destroy -i $(INVENTORY) --yes"
 
