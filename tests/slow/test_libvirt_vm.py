@@ -59,7 +59,9 @@ def test_up_makes_the_vm_a_ready_worker(vc: VMCluster) -> None:
     assert set(checks) >= {"machines", "os", "runtime", "workers", "network"}
     failed = [c for cs in checks.values() for c in cs if c["outcome"] == "failed"]
     assert not failed, failed
-    assert any("vm-1" in c["name"] for c in checks["runtime"]), checks["runtime"]
+    for stage in ("os", "runtime", "workers", "network"):  # the VM was checked too
+        assert any(c["node"] == "vm-1" and c["outcome"] == "passed" for c in checks[stage]), \
+            (stage, checks[stage])
 
     operations.kubeconfig(vc.path)
     assert vc.ready_nodes() == {"cp-1": PINNED, "vm-1": PINNED}
