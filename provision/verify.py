@@ -80,7 +80,9 @@ def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict
         "-q", "--no-header", "-rN",
         # Checks wait on SSH round trips, not CPU: one xdist worker per node (a few at
         # most) turns a stage's checks from the sum of its nodes into about the slowest.
-        *(["-n", str(min(len(nodes), PARALLEL_NODES))] if len(nodes) > 1 else []),
+        # Tests sharing per-run state carry an xdist_group mark and stay in one worker.
+        *(["-n", str(min(len(nodes), PARALLEL_NODES)), "--dist", "loadgroup"]
+          if len(nodes) > 1 else []),
     ]
     env = dict(os.environ, PROVISION_CHECK_CONTEXT=str(context_file))
     try:

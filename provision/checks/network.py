@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 
 def test_flannel_running_here(host):
     out = host.run("crictl ps --name kube-flannel --state running -q")
@@ -210,6 +212,9 @@ class Netcheck:
 
 
 _RUN: dict[str, Netcheck] = {}
+# Every node's netcheck tests read the one sweep in _RUN: under xdist (verify.py runs
+# a stage's nodes in parallel) they must share a worker, or each worker sweeps again.
+SWEEP = pytest.mark.xdist_group("netcheck-sweep")
 
 
 def kubectl_host(host, cluster, other_host):
@@ -275,6 +280,7 @@ def kube_node_names(cluster) -> set[str]:
     return {n["name"] for n in cluster.nodes if {"control-plane", "worker"} & set(n["roles"])}
 
 
+@SWEEP
 def test_netcheck_pod_on_every_node(host, cluster, other_host):
     """One Running, Ready netcheck pod on every Kubernetes node."""
     run = netcheck(host, cluster, other_host)
@@ -286,6 +292,7 @@ def test_netcheck_pod_on_every_node(host, cluster, other_host):
         f"netcheck pods run on {sorted(run.pods)}, expected {sorted(want)}"
 
 
+@SWEEP
 def test_pod_reaches_other_nodes_service_and_dns(host, cluster, other_host):
     """From the netcheck pod on this node: every pod on every other node by pod IP,
     the netcheck Service by ClusterIP and by name, cluster DNS (the pod's resolv.conf)."""
@@ -297,6 +304,7 @@ def test_pod_reaches_other_nodes_service_and_dns(host, cluster, other_host):
     assert not failures, "\n".join(failures)
 
 
+@SWEEP
 def test_node_reaches_every_netcheck_pod_and_the_service(host, cluster, other_host):
     """From this node (host network): every other node's netcheck pod over the VXLAN,
     and the netcheck Service on its ClusterIP and on the address DNS gives its name."""
