@@ -144,7 +144,7 @@ def test_kubeadm_init_config(container):
         "control_plane", "kubeadm-init.yaml.j2",
         cp_apiserver_port=6443, cp_cri_socket="unix:///run/containerd/containerd.sock",
         cp_preflight_ignored=["SystemVerification"],
-        kubelet_patches_dir="/etc/kubernetes/provision/patches",
+        kubelet_kubeadm_patches_dir="/etc/kubernetes/provision/patches",
         cp_cluster_name="local", cp_version="v1.37.2", cp_endpoint="10.250.0.10:6443",
         cp_image_repository="registry.k8s.io", cp_pod_cidr="10.244.0.0/16",
         cp_service_cidr="10.96.0.0/12", cp_cluster_domain="cluster.local",
@@ -191,7 +191,7 @@ def test_kubelet_patch_carries_this_nodes_settings(container, v1):
         cp_apiserver_port=6443, cp_join_certificate_key="00")),
 ])
 def test_every_join_reads_the_nodes_patches(template, role, extra):
-    out = render(role, template, kubelet_patches_dir="/etc/kubernetes/provision/patches",
+    out = render(role, template, kubelet_kubeadm_patches_dir="/etc/kubernetes/provision/patches",
                  **extra)
     assert yaml.safe_load(out)["patches"] == {"directory": "/etc/kubernetes/provision/patches"}
 
