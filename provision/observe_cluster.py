@@ -36,6 +36,8 @@ ETCD_PEER_PORT = 2380
 ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
 KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"  # present once a node has joined
 HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
+# written by kubeadm init/join --control-plane before the kubelet registers the Node
+API_SERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 HAPROXY_API_BACKEND = "kube-apiserver"
 
 MACHINE_STATES = ("running", "stopped", "missing")
@@ -105,6 +107,7 @@ class Observed:
     etcd_members: dict[str, EtcdMember] = field(default_factory=dict)
     lb_backends: dict[str, set[str]] = field(default_factory=dict)
     reachable: set[str] = field(default_factory=set)
+    api_server_manifests: set[str] = field(default_factory=set)
     vip_holder: str | None = None
     k8s_known: bool = True
     etcd_known: bool = True
@@ -122,6 +125,7 @@ class Observed:
                              for k, v in sorted(self.etcd_members.items())},
             "lb_backends": {k: sorted(v) for k, v in sorted(self.lb_backends.items())},
             "reachable": sorted(self.reachable),
+            "api_server_manifests": sorted(self.api_server_manifests),
             "vip_holder": self.vip_holder,
             "k8s_known": self.k8s_known,
             "etcd_known": self.etcd_known,
@@ -289,11 +293,13 @@ def backend_nodes(servers: Iterable[HaproxyServer], known: Iterable[str],
 
 # --- gathering over SSH -----------------------------------------------------------
 
-# One SSH round trip per node: answers at all, then (control plane) the haproxy config
-# and whether the VIP is here. Sections are fenced so outputs cannot be confused.
+# One SSH round trip per node: answers at all, has joined, runs (or was joining as) an
+# API server, then (control plane) the haproxy config and whether the VIP is here.
+# Sections are fenced so outputs cannot be confused.
 _PROBE = (
     "echo @@reachable; "
     "if [ -f {kubelet} ]; then echo @@joined; fi; "
+    "if [ -f {manifest} ]; then echo @@apiserver; fi; "
     "if [ -r {cfg} ]; then echo @@haproxy; cat {cfg}; fi; "
     "echo @@vip; ip -o -4 addr show 2>/dev/null | grep -qwF {vip} && echo here; true"
 )
@@ -352,7 +358,7 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
 
     def probe(name: str) -> tuple[str, subprocess.CompletedProcess[str] | None, str]:
         script = _PROBE.format(cfg=HAPROXY_CONFIG, vip=shlex.quote(vip),
-                               kubelet=KUBELET_KUBECONFIG)
+                               kubelet=KUBELET_KUBECONFIG, manifest=API_SERVER_MANIFEST)
         try:
             return name, run(name, script), ""
         except (OSError, subprocess.SubprocessError) as exc:
@@ -376,6 +382,8 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
                     address_to_name.values(), address_to_name)
             if inventory_nodes and "joined" in parts:
                 joined.add(name)
+            if inventory_nodes and "apiserver" in parts:
+                obs.api_server_manifests.add(name)
             if parts.get("vip", "").strip() == "here":
                 obs.vip_holder = name
 

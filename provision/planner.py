@@ -22,6 +22,8 @@ Order (docs/operations.md explains each rule):
 
 Every etcd membership step is simulated; a plan that would lose quorum at any step,
 remove the last control-plane node, or change a node's roles in place is refused.
+(A control-plane node registered without its label, whose machine holds an API
+server manifest, is a join a killed run stopped half-way: it is joined again.)
 An even etcd end state, or an edit that takes etcd from tolerating a failure to a
 single member, is refused unless ``force``.
 """
@@ -212,6 +214,13 @@ class _Planner:
                            for name, m in obs.etcd_members.items()})
         # control-plane nodes Kubernetes knows, as they would be after each step
         self.cps = {n for n, k in obs.k8s_nodes.items() if k.is_control_plane}
+        # Registered by a kubeadm join --control-plane that stopped before it labelled
+        # the Node (a killed run): the machine holds an API server manifest, which a
+        # worker never has. Not a role change: the join is undone and done again.
+        self.half_joined = {
+            n.name for n in inv.control_plane_nodes
+            if n.name in obs.k8s_nodes and not obs.k8s_nodes[n.name].is_control_plane
+            and n.name in obs.api_server_manifests}
         self.replaced: set[str] = set()
         self.moves_seen = 0
 
@@ -314,7 +323,11 @@ class _Planner:
         for name in self.order:
             want_cp = "control-plane" in self.roles(name)
             k8s = self.obs.k8s_nodes.get(name)
-            if k8s is not None and k8s.is_control_plane != want_cp:
+            if name in self.half_joined:
+                self.warn(f"{name}: its kubeadm join --control-plane stopped half-way (the "
+                          "Node is registered without the control-plane label); `up` "
+                          "undoes and redoes the join")
+            elif k8s is not None and k8s.is_control_plane != want_cp:
                 have = "control-plane" if k8s.is_control_plane else "worker"
                 want = "control-plane" if want_cp else "worker"
                 self.refuse(
@@ -373,7 +386,7 @@ class _Planner:
                               "the cluster still reports it healthy, so it is left alone")
                 k8s = self.obs.k8s_nodes.get(name)
                 if k8s is not None and not k8s.ready and state == "running" \
-                        and not self.unreachable(name):
+                        and not self.unreachable(name) and name not in self.half_joined:
                     self.warn(f"{name} is NotReady in Kubernetes; `up` re-converges its "
                               "stages")
         # Every lost member leaves before any new one joins: it is already lost (no
@@ -461,7 +474,7 @@ class _Planner:
             if name in self.replaced:
                 joined.append(name)
                 continue
-            in_k8s = name in self.obs.k8s_nodes
+            in_k8s = name in self.obs.k8s_nodes and name not in self.half_joined
             member_needed = not self.dedicated and self.need_etcd_add(name)
             if in_k8s and not member_needed:
                 continue
@@ -480,6 +493,8 @@ class _Planner:
                         and self.obs.etcd_members[name].started
                         else self.join_etcd(name, f"joining control-plane node {name}: "))
             reason = ("first control-plane node: kubeadm init" if init else
+                      "its control-plane join stopped half-way: undone and done again"
+                      if name in self.half_joined else
                       "control-plane node in the inventory, not in the cluster")
             self.act(JOIN_CONTROL_PLANE, name, reason, init=init, etcd=etcd,
                      wait_healthy=True, load_balancer_backends=sorted(

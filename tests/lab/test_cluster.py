@@ -6,7 +6,8 @@ One cluster for the module (built from nothing, always destroyed); tests run in 
 order and each starts from the state the previous one left:
 
 1. the build from nothing, killed (SIGKILL) inside etcd, during a control-plane join
-   and during a worker join, each time resumed, ending verified: 5 Ready nodes;
+   (kubeadm ended too, leaving a Node without its label) and during a worker join, each
+   time resumed, ending verified: 5 Ready nodes;
 2. the admin kubeconfig; a second `up` that skips every stage; VIP failover;
 3. workers 2 -> 3 -> 1 by the pool count; cp-3 replaced by cp-4 in one edit while the
    API keeps answering; unsafe edits refused; backup, restore; destroy --keep-machines.
@@ -150,25 +151,33 @@ AFTER_REPLACE = _without(BASE.replace("count: 2", "count: 1"), "cp-3").replace(
 
 
 def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
-                  delay: float = 0.0, timeout: float = 1500) -> None:
+                  delay: float = 0.0, on_host: str = "", timeout: float = 1500) -> None:
     """Start `provision up` and SIGKILL it (its whole process group: ansible, ssh)
-    ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``)."""
+    ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``), or, with
+    ``on_host``, once that script has run to its end on ``host``."""
     runs = lab.state / "clusters" / NAME / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
-    proc = subprocess.Popen([sys.executable, "-m", "provision.cli", "up", "-i",
-                             str(lab.inventory)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PROVISION_STATE_DIR": str(lab.state)})
+    output = lab.base / f"killed-up-{stage}.log"
+    with output.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "provision.cli", "up", "-i",
+                                 str(lab.inventory)], start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PROVISION_STATE_DIR": str(lab.state)})
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, f"up ended (rc {proc.returncode}) before {stage}/{task}"
+            assert proc.poll() is None, (
+                f"up ended (rc {proc.returncode}) before {stage}/{task}; its output ends:\n"
+                + "\n".join(output.read_text().splitlines()[-40:]))
             new = sorted(set(runs.iterdir()) - before) if runs.exists() else []
             events = new[-1] / "events.jsonl" if new else None
             if events and events.exists() and any(
                     e.get("stage") == stage and e.get("task") == task
                     and e.get("event") == "runner_on_start" and host in (None, e.get("host"))
                     for e in map(json.loads, events.read_text().splitlines())):
+                if on_host:
+                    assert host, "on_host needs host"
+                    lab.on(host, on_host)
                 time.sleep(delay)
                 break
             time.sleep(0.5)
@@ -181,9 +190,37 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
     print(f"killed up in {stage}/{task!r} ({host or 'any node'})")
 
 
+# kubeadm's kubelet-start phase stops the kubelet, writes its configuration and starts
+# it again; from then on the kubelet registers the Node (through this node's own API
+# server: ControlPlaneKubeletLocalMode) whatever kubeadm does next. Ending kubeadm
+# there (as a lost session or the OOM killer can) leaves the Node registered without
+# the control-plane label, for good: a join stopped half-way, which the next `up` must
+# tell from a worker (and not refuse as a role change).
+END_KUBEADM_ONCE_THE_KUBELET_RUNS = (
+    "for i in $(seq 3000); do [ -f /var/lib/kubelet/config.yaml ] && "
+    "systemctl is-active -q kubelet && break; sleep 0.1; done; "
+    "pkill -9 -x kubeadm; true")
+
+
+def _registered_labels(lab: Lab, node: str, timeout: float = 180) -> str:
+    """The Node's labels once its kubelet has registered it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = ssh.run_on_node(operations.Cluster(lab.inventory).paths, "cp-1",
+                               "kubectl --kubeconfig /etc/kubernetes/admin.conf get node "
+                               f"{node} -o jsonpath='{{.metadata.labels}}'")
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(2)
+    pytest.fail(f"the kubelet on {node} never registered its Node within {timeout}s")
+
+
 def test_a_killed_up_resumes_at_three_points(lab):
     _kill_up_when(lab, "etcd", "etcd started")
-    _kill_up_when(lab, "control-plane", "kubeadm join --control-plane", host="cp-2", delay=8)
+    _kill_up_when(lab, "control-plane", "kubeadm join --control-plane", host="cp-2",
+                  on_host=END_KUBEADM_ONCE_THE_KUBELET_RUNS)
+    labels = _registered_labels(lab, "cp-2")
+    print(f"cp-2 registered; control-plane label: {'control-plane' in labels}")
     _kill_up_when(lab, "workers", "kubeadm join", delay=3)
     summary = lab.up()
     print(f"resumed up: {summary.duration:.0f}s")

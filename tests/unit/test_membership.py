@@ -1,6 +1,6 @@
 """Applying a plan's membership actions (provision/membership.py), against a scripted
 cluster: which commands run on which node, in which order, and how failures read.
-Real clusters: tests/lab/test_lifecycle.py."""
+Real clusters: tests/lab/test_cluster.py."""
 
 from __future__ import annotations
 

@@ -316,7 +316,7 @@ def test_observe_cluster_with_a_fake_runner(inv):
         if node == "cp-3":
             return subprocess.CompletedProcess([], 255, "", "ssh: connect timed out")
         if script.startswith("echo @@reachable"):
-            out = "@@reachable\n"
+            out = "@@reachable\n" + ("@@apiserver\n" if node == "cp-1" else "")
             if node.startswith("cp-"):
                 out += "@@haproxy\n" + HAPROXY_CFG + "\n@@vip\n"
                 out += "here\n" if node == "cp-2" else ""
@@ -333,6 +333,7 @@ def test_observe_cluster_with_a_fake_runner(inv):
     obs = observe_cluster(i, machines, run)
     assert obs.reachable == {"cp-1", "cp-2"}
     assert obs.vip_holder == "cp-2"
+    assert obs.api_server_manifests == {"cp-1"}
     # api-3 is cp-3's address; the stats section's loopback server is not a backend
     assert obs.lb_backends == {"cp-1": {"cp-1", "cp-2", "cp-3"},
                                "cp-2": {"cp-1", "cp-2", "cp-3"}}
@@ -682,6 +683,25 @@ def test_role_change_in_place_is_refused(inv, tmp_path):
     assert not plan.ok
     assert any("cp-3 is a worker node in the cluster but a control-plane in the inventory"
                in r for r in plan.refusals)
+
+
+def test_a_control_plane_join_stopped_half_way_is_redone_not_refused(inv):
+    """A killed `up` can leave cp-3 registered by its kubelet but never labelled (kubeadm
+    join stopped before mark-control-plane). Its machine holds the API server manifest
+    a worker never has: the plan joins it again instead of refusing a role change."""
+    obs = cluster(workers=("worker-1", "worker-2"))
+    obs.k8s_nodes["cp-3"] = K8sNode("cp-3", False, frozenset(), "v1.37.2", address("cp-3"))
+    obs.lb_backends.pop("cp-3")
+    obs.api_server_manifests = {"cp-1", "cp-2", "cp-3"}
+    plan = plan_changes(inv(), obs)
+    assert plan.ok, plan.refusals
+    assert kinds(plan) == [("join-control-plane", "cp-3")]
+    join = action(plan, "join-control-plane", "cp-3")
+    assert "stopped half-way" in join.reason
+    assert join.details["etcd"] == "already a member" and not join.details["init"]
+    assert any("cp-3: its kubeadm join --control-plane stopped half-way" in w
+               for w in plan.warnings)
+    assert not any("NotReady" in w for w in plan.warnings)
 
 
 # --- planner: dedicated etcd -------------------------------------------------------------

@@ -83,6 +83,18 @@ def test_commands_report_changes_honestly():
                     f"{role}: {task['name']} has no changed_when"
 
 
+def test_kubeadm_reset_never_touches_etcd():
+    """etcd is external (ours): kubeadm reset's remove-etcd-member phase would empty
+    kubeadm's default /var/lib/etcd, where a co-located member keeps its data."""
+    resets = [(role, task["name"], str(task.get(module)))
+              for role in ROLE_NAMES for task in all_tasks(role)
+              for module in ("ansible.builtin.command", "ansible.builtin.shell")
+              if "kubeadm reset" in str(task.get(module, ""))]
+    assert {role for role, _, _ in resets} == {"control_plane", "worker", "reset"}
+    for role, name, command in resets:
+        assert "--skip-phases=remove-etcd-member" in command, f"{role}: {name}"
+
+
 @pytest.mark.skipif(shutil.which("ansible-playbook") is None
                     and not (Path(sys.executable).parent / "ansible-playbook").exists(),
                     reason="ansible-core not installed")
