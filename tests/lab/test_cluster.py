@@ -202,14 +202,16 @@ END_KUBEADM_ONCE_THE_KUBELET_RUNS = (
     "pkill -9 -x kubeadm; true")
 
 
-def _registered_labels(lab: Lab, node: str, timeout: float = 180) -> str:
-    """The Node's labels once its kubelet has registered it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
+    """The Node's labels once its kubelet has registered it (it first starts this
+    node's API server, a static pod, to bootstrap through)."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout:
         proc = ssh.run_on_node(operations.Cluster(lab.inventory).paths, "cp-1",
                                "kubectl --kubeconfig /etc/kubernetes/admin.conf get node "
                                f"{node} -o jsonpath='{{.metadata.labels}}'")
         if proc.returncode == 0:
+            print(f"{node} registered {time.monotonic() - started:.0f}s after kubeadm ended")
             return proc.stdout
         time.sleep(2)
     pytest.fail(f"the kubelet on {node} never registered its Node within {timeout}s")
