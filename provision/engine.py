@@ -227,7 +227,7 @@ class Engine:
         verify_on = names if stage.run_once else todo
         playbook = ansible.write_stage_playbook(
             self.paths, stage.name, list(stage.roles), todo, stage.serial, hashes,
-            self.marker_dir)
+            self.marker_dir, prepare=list(stage.prepare))
         first_seen: dict[str, float] = {}
         last_seen: dict[str, float] = {}
 
@@ -290,7 +290,7 @@ class Engine:
                                                   if n["name"] in seen]}
         inputs = {
             "stage": stage.name,
-            "roles": {r: self._role_hash(r) for r in stage.roles},
+            "roles": {r: self._role_hash(r) for r in stage.role_names},
             "global": gvars,
             "host": clustervars.host_vars(node),
             "groups": groups,

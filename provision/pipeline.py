@@ -6,6 +6,7 @@ converges (the provider, or Ansible roles) and the testinfra module that proves 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ class Stage:
     verify: str
     requires: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
+    # Work of a serial stage that does not depend on the order: "role" or
+    # "role:tasks_file" (roles/<role>/tasks/<tasks_file>.yml), run on every target
+    # node together before the serial play (which then sees provision_prepared).
+    prepare: tuple[str, ...] = ()
     provider_action: str | None = None
     serial: int = 0
     run_once: bool = False
@@ -34,6 +39,12 @@ class Stage:
     # membership the stage's roles read; None: every node. Only they enter the stage
     # hash, so adding a worker does not re-converge etcd on the control plane.
     sees: tuple[str, ...] | None = None
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        """Every role whose files decide what the stage does (its input hash)."""
+        names = [entry.split(":")[0] for entry in self.prepare] + list(self.roles)
+        return tuple(dict.fromkeys(names))
 
     def targets_node(self, node_roles: set[str]) -> bool:
         return "all" in self.targets or bool(node_roles & set(self.targets))
@@ -111,6 +122,13 @@ def parse_pipeline(data: Any, path: Path) -> Pipeline:
         provider_action = converge.get("provider")
         if bool(roles) == bool(provider_action):
             raise bad(f"{where}.converge", "give exactly one of 'roles' or 'provider'")
+        prepare = tuple(str(entry) for entry in converge.get("prepare") or ())
+        if prepare and not roles:
+            raise bad(f"{where}.converge.prepare", "only a stage of roles can prepare")
+        for entry in prepare:
+            if not re.fullmatch(r"[a-z0-9_]+(:[a-z0-9_]+)?", entry):
+                raise bad(f"{where}.converge.prepare",
+                          f"{entry!r}: expected 'role' or 'role:tasks_file'")
         sees = raw.get("sees")
         if sees is not None and (not isinstance(sees, list)
                                  or not set(sees) <= set(STAGE_GROUPS)):
@@ -123,6 +141,7 @@ def parse_pipeline(data: Any, path: Path) -> Pipeline:
                 verify=str(raw.get("verify", name.replace("-", "_"))),
                 requires=requires,
                 roles=roles,
+                prepare=prepare,
                 provider_action=provider_action,
                 serial=int(raw.get("serial", 0)),
                 run_once=bool(raw.get("run_once", False)),

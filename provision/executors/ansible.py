@@ -90,12 +90,25 @@ def write_ansible_cfg(paths: ClusterPaths, roles_dir: Path | None = None) -> Pat
 
 def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], hosts: list[str],
                          serial: int, marker: dict[str, str],
-                         marker_dir: str = "/var/lib/provision/stages") -> Path:
-    """One play: the stage's roles on its hosts, then the stage marker on each host.
+                         marker_dir: str = "/var/lib/provision/stages",
+                         prepare: list[str] | None = None) -> Path:
+    """The stage's roles on its hosts, then the stage marker on each host.
 
     The marker (the stage's input hash) is what lets a later run skip a node: it is
-    written only after every role of the stage succeeded on that host.
+    written only after every role of the stage succeeded on that host. ``prepare``
+    entries ("role" or "role:tasks_file") run first, on every host at once, in a play
+    of their own: a serial stage then waits one node at a time only for the work
+    whose order matters. Facts they set carry into the stage's play, which gets
+    ``provision_prepared`` so its roles skip what was prepared.
     """
+    plays: list[dict[str, Any]] = []
+    if prepare:
+        plays.append({
+            "name": f"stage {stage}: prepare every node",
+            "hosts": ",".join(hosts),
+            "any_errors_fatal": True,
+            "tasks": [_import_role(entry) for entry in prepare],
+        })
     play: dict[str, Any] = {
         "name": f"stage {stage}",
         "hosts": ",".join(hosts),
@@ -118,14 +131,18 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
                                          "state": "directory", "mode": "0755"},
             }
         ],
-        "vars": {"provision_stage_hashes": marker},
+        "vars": {"provision_stage_hashes": marker, "provision_prepared": bool(prepare)},
     }
     if serial:
         play["serial"] = serial
-    out = ansible_dir(paths) / f"{stage}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump([play], sort_keys=False))
-    return out
+    plays.append(play)
+    return write_playbook(paths, stage, plays)
+
+
+def _import_role(entry: str) -> dict[str, Any]:
+    role, _, tasks_file = entry.partition(":")
+    args = {"name": role, **({"tasks_from": tasks_file} if tasks_file else {})}
+    return {"name": f"prepare: {entry}", "ansible.builtin.import_role": args}
 
 
 def write_playbook(paths: ClusterPaths, name: str, plays: list[dict[str, Any]]) -> Path:

@@ -45,6 +45,20 @@ def test_stage_playbook_writes_marker_only_after_roles(tmp_path):
     assert play["roles"] == ["os_baseline"]
     assert play["post_tasks"][0]["ansible.builtin.copy"]["dest"] == "/m/os"
     assert play["vars"]["provision_stage_hashes"] == {"a": "h1", "b": "h2"}
+    assert play["vars"]["provision_prepared"] is False
+
+
+def test_a_prepared_serial_stage_prepares_every_host_at_once_first(tmp_path):
+    paths = ClusterPaths(tmp_path / "c")
+    pb = ansible.write_stage_playbook(paths, "cp", ["control_plane"], ["a", "b"], 1,
+                                      {"a": "h1", "b": "h2"}, marker_dir="/m",
+                                      prepare=["kubelet", "control_plane:prepare"])
+    prepare, stage = yaml.safe_load(pb.read_text())
+    assert prepare["hosts"] == "a,b" and "serial" not in prepare
+    assert [t["ansible.builtin.import_role"] for t in prepare["tasks"]] == [
+        {"name": "kubelet"}, {"name": "control_plane", "tasks_from": "prepare"}]
+    assert stage["serial"] == 1 and stage["roles"] == ["control_plane"]
+    assert stage["vars"]["provision_prepared"] is True
 
 
 def test_inventory_groups(tmp_path):

@@ -40,6 +40,10 @@ def test_narrowing():
         ([{"name": "a", "converge": {"roles": ["x"]}, "targets": ["db"]}],
          "'db' is not a node role"),
         ([{"name": "a", "converge": {"roles": ["x"]}, "retries": 3}], "unknown keys"),
+        ([{"name": "a", "converge": {"provider": "ensure", "prepare": ["x"]}}],
+         "only a stage of roles can prepare"),
+        ([{"name": "a", "converge": {"roles": ["x"], "prepare": ["x:tasks/p.yml"]}}],
+         "expected 'role' or 'role:tasks_file'"),
     ],
 )
 def test_bad_pipelines(stages, message):
@@ -84,3 +88,37 @@ def test_sees_names_known_groups_only(tmp_path):
     data = {"stages": [{"name": "a", "converge": {"roles": ["x"]}, "sees": ["masters"]}]}
     with pytest.raises(BadInput, match="sees"):
         parse_pipeline(data, tmp_path / "p.yaml")
+
+
+def test_every_role_a_stage_runs_enters_its_hash():
+    stage = load_pipeline().stage("control-plane")
+    assert stage.role_names == ("kubelet", "control_plane")
+    assert load_pipeline().stage("workers").role_names == ("kubelet", "worker")
+
+
+def test_a_change_to_a_prepared_role_changes_the_stage_hash(tmp_path):
+    import shutil
+
+    from test_planner import inventory_text
+
+    from provision.engine import Engine, Hooks
+    from provision.inventory import load_inventory
+    from provision.paths import ClusterPaths, repo_root
+
+    roles = tmp_path / "roles"
+    shutil.copytree(repo_root() / "roles", roles)
+    path = tmp_path / "inv.yaml"
+    path.write_text(inventory_text(workers=1))
+    inv = load_inventory(path)
+
+    def cp_hash() -> str:
+        engine = Engine(inv, ClusterPaths(tmp_path / "state"), None, None,
+                        Hooks(ensure_machines=lambda n: set(), ssh_endpoints=dict),
+                        roles_dir=roles)
+        return engine.stage_hash(load_pipeline().stage("control-plane"), inv.node("cp-1"),
+                                 engine.global_vars(start_services=False))
+
+    before = cp_hash()
+    with (roles / "kubelet" / "defaults" / "main.yml").open("a") as f:
+        f.write("kubelet_extra: 1\n")
+    assert cp_hash() != before
