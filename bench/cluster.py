@@ -54,6 +54,13 @@ class MemoryPeak:
         self._thread.join()
 
 
+def stage_seconds(summary: object) -> dict[str, float]:
+    """Wall time of each stage a run started (its report.json)."""
+    report = json.loads((Path(summary.record_dir) / "report.json").read_text())  # type: ignore[attr-defined]
+    return {s["name"]: round((s["finished"] or 0) - (s["started"] or 0), 1)
+            for s in report["stages"] if s.get("started")}
+
+
 def day2(inventory: Path, operations: object) -> dict[str, object]:
     """Add a worker (pool count 2 -> 3), then replace cp-3 by cp-4 in one edit."""
     out: dict[str, object] = {}
@@ -69,6 +76,7 @@ def day2(inventory: Path, operations: object) -> dict[str, object]:
         summary = operations.up(inventory)  # type: ignore[attr-defined]
         out[f"{name}_seconds"] = round(time.monotonic() - started, 1)
         out[f"{name}_status"] = summary.status
+        out[f"{name}_stage_seconds"] = stage_seconds(summary)
         if summary.status != "ok":
             out[f"{name}_error"] = summary.error
             break
@@ -105,11 +113,7 @@ def main() -> int:
         result["up_status"] = summary.status
         result["memory_baseline_mib"] = round(mem.baseline)
         result["memory_peak_mib"] = round(mem.peak)
-        report = json.loads((Path(summary.record_dir) / "report.json").read_text())
-        result["stage_seconds"] = {
-            s["name"]: round((s["finished"] or 0) - (s["started"] or 0), 1)
-            for s in report["stages"] if s.get("started")
-        }
+        result["stage_seconds"] = stage_seconds(summary)
         started = time.monotonic()
         noop = operations.up(inventory)
         result["noop_up_seconds"] = round(time.monotonic() - started, 1)
