@@ -47,7 +47,7 @@ from provision.executors.ssh import SSHEndpoint, ensure_cluster_keypair
 from provision.lab import netns as labnet
 from provision.lab import nsproxy, vmimage
 from provision.paths import ClusterPaths
-from provision.providers import cloudinit
+from provision.providers import cloudinit, services
 from provision.providers.base import (
     MachineState,
     Problem,
@@ -741,46 +741,18 @@ class LibvirtProvider:
         """Run a provisioner-side service (the artifact mirror) detached where the VMs
         reach the gateway: inside ``netns`` when set, else in this host's namespace
         (the owned network's bridge holds the gateway there for local URIs).
-        Idempotent by ``name``; pidfile and log in the machines dir; destroy stops it
-        with the cluster's last VM."""
-        import subprocess
-
+        Reused while its arguments stay the same (providers/services.py); destroy
+        stops it with the cluster's last VM."""
         s = self.settings(inv)
         if not _is_local(s.uri):
             raise ProviderError(f"the artifact mirror, which the nodes install from with "
                                 f"either artifacts.source, cannot run beside VMs on a remote "
                                 f"libvirt host ({s.uri})")
-        machines = self.paths(inv).machines_dir
-        machines.mkdir(parents=True, exist_ok=True)
-        pidfile, log = machines / f"service-{name}.pid", machines / f"service-{name}.log"
-        pid = _service_pid(pidfile)
-        if pid is not None:
-            return pid
         prefix = ["ip", "netns", "exec", s.netns] if s.netns else []
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=out, start_new_session=True)
-        pidfile.write_text(f"{proc.pid}\n")
-        return proc.pid
+        return services.spawn(self.paths(inv).machines_dir, name, argv, prefix=prefix)
 
     def _stop_services(self, inv: Any) -> None:
-        import signal
-
-        machines = self.paths(inv).machines_dir
-        if not machines.is_dir():
-            return
-        for pidfile in machines.glob("service-*.pid"):
-            pid = _service_pid(pidfile)
-            if pid is not None:
-                with suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while _service_pid(pidfile) is not None and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                if _service_pid(pidfile) is not None:
-                    with suppress(ProcessLookupError):
-                        os.killpg(pid, signal.SIGKILL)
-            pidfile.unlink(missing_ok=True)
+        services.stop_all(self.paths(inv).machines_dir)
 
     def ssh_endpoint(self, inv: Any, node: Any) -> SSHEndpoint:
         s = self.settings(inv)
@@ -914,16 +886,6 @@ def _boot_finished(netns: str | None, address: str, user: str, paths: ClusterPat
         raise ProviderError(f"systemd is {lines[0] if lines else 'unknown'!r} "
                             "(boot did not finish)")
     return lines[0] if lines[0] == "running" else f"degraded: {', '.join(lines[1:])}"
-
-
-def _service_pid(pidfile: Path) -> int | None:
-    """The pid in ``pidfile`` if that process still runs (and is not a zombie)."""
-    try:
-        pid = int(pidfile.read_text())
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if state == "Z" else pid
 
 
 def _connect(netns: str | None, host: str, port: int, timeout: float) -> socket.socket:

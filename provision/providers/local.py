@@ -42,6 +42,7 @@ from provision.errors import BadInput, ProviderError
 from provision.executors.ssh import SSHEndpoint, ensure_cluster_keypair
 from provision.lab import cgroups, image, mounts, netns, nspawn, nsproxy
 from provision.paths import ClusterPaths, write_secret
+from provision.providers import services
 from provision.providers.base import (
     MachineState,
     Problem,
@@ -326,27 +327,12 @@ class LocalProvider:
         return port
 
     def spawn_in_lab(self, inv: Any, name: str, argv: list[str]) -> int:
-        """Run a provisioner-side service (artifact mirror, registry) detached inside the
-        lab namespace, where nodes reach it on the gateway address. Idempotent by
-        ``name``; its pidfile and log live in the machines dir; destroy stops it."""
-        import subprocess
-
-        machines = self.paths(inv).machines_dir
-        machines.mkdir(parents=True, exist_ok=True)
-        pidfile, log = machines / f"service-{name}.pid", machines / f"service-{name}.log"
-        try:
-            pid = int(pidfile.read_text())
-            if os.path.exists(f"/proc/{pid}") and not _zombie(pid):
-                return pid
-        except (OSError, ValueError):
-            pass
+        """Run a provisioner-side service (the artifact mirror) detached inside the lab
+        namespace, where nodes reach it on the gateway address (providers/services.py:
+        reused while its arguments stay the same); destroy stops it."""
         self._ensure_lab(inv)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(["ip", "netns", "exec", lab_netns(inv.name), *argv],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
-        pidfile.write_text(f"{proc.pid}\n")
-        return proc.pid
+        return services.spawn(self.paths(inv).machines_dir, name, argv,
+                              prefix=["ip", "netns", "exec", lab_netns(inv.name)])
 
     def destroy_lab(self, inv: Any) -> None:
         """The cluster's lab namespace and everything running in it (forwarders, mirrors)."""
@@ -354,10 +340,8 @@ class LocalProvider:
         if machines.is_dir():
             for pf in machines.glob("forward-*.pid"):
                 _kill_pidfile(pf)
-            for pf in machines.glob("service-*.pid"):
-                pf.unlink(missing_ok=True)  # the process itself is in the lab: killed below
-            for log in machines.glob("service-*.log"):
-                log.unlink(missing_ok=True)
+            for service_file in machines.glob("service-*"):
+                service_file.unlink(missing_ok=True)  # its process is in the lab: killed below
         lab = lab_netns(inv.name)
         kill_all(netns.pids_in(lab))
         netns.delete(lab)

@@ -1,0 +1,76 @@
+"""Provisioner-side services a provider runs beside its machines (the artifact mirror):
+detached processes, each with a pidfile, a log and the arguments it was started with
+in the cluster's machines directory (``service-<name>.pid|.log|.args``).
+
+A service is idempotent by name and arguments: a running one started with the same
+arguments is reused; one started with others (another Kubernetes version or artifact
+source) is stopped and started again, so nodes never install from a stale set. The
+interpreter (``argv[0]``) is not part of the identity: the same venv reached through
+a symlink is the same service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from contextlib import suppress
+from pathlib import Path
+
+
+def running_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` if that process still runs (and is not a zombie)."""
+    try:
+        pid = int(pidfile.read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state == "Z" else pid
+
+
+def spawn(machines_dir: Path, name: str, argv: list[str], prefix: list[str] | None = None
+          ) -> int:
+    """Start ``prefix + argv`` detached (its own session), unless it already runs with
+    the same arguments. Returns its pid."""
+    machines_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = machines_dir / f"service-{name}.pid"
+    args_file = machines_dir / f"service-{name}.args"
+    wanted = json.dumps(argv[1:])
+    pid = running_pid(pidfile)
+    if pid is not None:
+        recorded = args_file.read_text() if args_file.exists() else None
+        if recorded == wanted:
+            return pid
+        stop(pidfile)
+    with open(machines_dir / f"service-{name}.log", "ab") as log:
+        proc = subprocess.Popen([*(prefix or []), *argv], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True)
+    pidfile.write_text(f"{proc.pid}\n")
+    args_file.write_text(wanted)
+    return proc.pid
+
+
+def stop(pidfile: Path, timeout: float = 10) -> None:
+    """SIGTERM the service's process group, SIGKILL it after ``timeout`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pid = running_pid(pidfile)
+        if pid is None:
+            break
+        with suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while running_pid(pidfile) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+    pidfile.with_suffix(".args").unlink(missing_ok=True)
+
+
+def stop_all(machines_dir: Path) -> None:
+    if machines_dir.is_dir():
+        for pidfile in machines_dir.glob("service-*.pid"):
+            stop(pidfile)
+
+
+__all__ = ["running_pid", "spawn", "stop", "stop_all"]
