@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,12 +147,31 @@ def recipe(prog: GoProgram, goversion: str) -> dict:
     return r
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+HEARTBEAT_SECONDS = 60
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path,
+         still_running: Callable[[float], None] | None = None) -> None:
+    """``cmd`` at low priority, output to ``log``; ``still_running(elapsed)`` is told
+    every minute (a cold Kubernetes build is silent for half an hour)."""
+    started = time.monotonic()
     with open(log, "ab") as f:
         f.write(("$ " + " ".join(cmd) + "\n").encode())
         f.flush()
-        proc = subprocess.run(["nice", "-n", "10", *cmd], cwd=cwd, env=env, stdout=f,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["nice", "-n", "10", *cmd], cwd=cwd, env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=HEARTBEAT_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if still_running:
+                        still_running(time.monotonic() - started)
+        except BaseException:  # Ctrl-C: no orphaned compiler (as subprocess.run does)
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         if any("no space left on device" in line for line in tail):
@@ -253,7 +273,8 @@ def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progr
         if len(pkgs) == 1:
             cmd[-1] = str(out / prog.packages[0][0])
         cmd += pkgs
-        _run(cmd, src, env, log)
+        _run(cmd, src, env, log, lambda elapsed: progress(
+            f"{prog.step}: still building ({elapsed / 60:.0f} min so far; log {log})"))
         files: dict[str, dict[str, str]] = {}
         for name, pkg in prog.packages:
             built = out / (name if len(pkgs) == 1 else exec_name(pkg))
