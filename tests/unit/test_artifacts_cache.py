@@ -129,3 +129,15 @@ def test_sweep_keeps_work_of_live_builds_and_removes_dead_ones(store):
     live.mkdir()
     store.sweep_tmp()
     assert [p.name for p in store.tmp.iterdir()] == ["images.1.keep"]
+
+
+def test_a_long_build_command_says_it_is_still_running(tmp_path, monkeypatch):
+    from provision.artifacts import gobuild
+
+    monkeypatch.setattr(gobuild, "HEARTBEAT_SECONDS", 0.1)
+    told: list[float] = []
+    log = tmp_path / "go.log"
+    gobuild._run(["sh", "-c", "sleep 0.35; echo done"], tmp_path, dict(os.environ), log,
+                 told.append)
+    assert len(told) >= 2 and told == sorted(told)
+    assert log.read_text().endswith("done\n")
