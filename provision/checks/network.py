@@ -26,13 +26,26 @@ def test_vxlan_device(host):
     assert out.rc == 0 and "vxlan" in out.stdout, out.stdout
 
 
+ROUTE_WAIT_SECONDS = 60
+
+
 def test_routes_to_every_other_node(host, cluster):
-    routes = [r for r in host.run("ip -4 route show dev flannel.1").stdout.splitlines() if r]
     others = [n for n in cluster.nodes
               if {"control-plane", "worker"} & set(n["roles"])
               and n["name"] != cluster["node"]["name"]]
     # nodes leaving in this run keep their routes until their Node is deleted
     leaving = len(cluster.get("provision_leaving_nodes", []))
+    # A node that joined moments ago gets its route once its flannel pod has its
+    # lease (the DaemonSet is still rolling out there): wait for it (bounded), as the
+    # netcheck sweep waits for its pod, rather than fail and converge again.
+    deadline = time.monotonic() + ROUTE_WAIT_SECONDS
+    while True:
+        out = host.run("ip -4 route show dev flannel.1")
+        routes = [r for r in out.stdout.splitlines() if r]
+        if len(others) <= len(routes) <= len(others) + leaving \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert len(others) <= len(routes) <= len(others) + leaving, routes
 
 
