@@ -1,4 +1,4 @@
-"""os stage: hostname, /etc/hosts, kernel modules, sysctls, swap off, time sync."""
+"""os stage: hostname, kernel modules, sysctls, swap off, time sync."""
 
 import pytest
 
@@ -12,14 +12,6 @@ SYSCTLS = {
 
 def test_hostname(host, cluster):
     assert host.run("hostname").stdout.strip() == cluster["node"]["name"]
-
-
-def test_hosts_file_names_every_node(host, cluster):
-    hosts = host.file("/etc/hosts").content_string
-    lines = {tuple(line.split()[:2]) for line in hosts.splitlines()
-             if line.strip() and not line.startswith("#")}
-    for n in cluster.nodes:
-        assert (n["address"], n["name"]) in lines, f"{n['name']} missing from /etc/hosts"
 
 
 MODULE_PROBES = {

@@ -394,7 +394,7 @@ class LocalProvider:
 
         (etc / "hostname").write_text(f"{node.name}\n")
         hosts = etc / "hosts"
-        # Only a fresh machine gets this minimal file: the os stage owns /etc/hosts
+        # Only a fresh machine gets this minimal file: the hosts stage owns /etc/hosts
         # afterwards (every node of the cluster) and a restart must not undo it.
         current = hosts.read_text().splitlines() if hosts.exists() else []
         if not any(line.split()[:2] == [str(node.address), node.name] for line in current):

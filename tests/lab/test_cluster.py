@@ -248,7 +248,7 @@ def test_second_up_changes_nothing(lab):
     summary = lab.up()
     print(f"no-op up: {summary.duration:.0f}s")
     assert {s["name"]: s["status"] for s in summary.stages} == {
-        s: "skipped" for s in ("machines", "os", "runtime", "etcd", "api-lb",
+        s: "skipped" for s in ("machines", "os", "hosts", "runtime", "etcd", "api-lb",
                                "control-plane", "workers", "network")}
     assert all(not s["converged"] for s in summary.stages)
 

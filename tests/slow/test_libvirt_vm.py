@@ -56,10 +56,10 @@ def test_up_makes_the_vm_a_ready_worker(vc: VMCluster) -> None:
     report = vc.record_up(summary)
     print("up:", json.dumps(vc.timings))
     checks = {s["name"]: s["checks"] for s in report["stages"]}
-    assert set(checks) >= {"machines", "os", "runtime", "workers", "network"}
+    assert set(checks) >= {"machines", "os", "hosts", "runtime", "workers", "network"}
     failed = [c for cs in checks.values() for c in cs if c["outcome"] == "failed"]
     assert not failed, failed
-    for stage in ("os", "runtime", "workers", "network"):  # the VM was checked too
+    for stage in ("os", "hosts", "runtime", "workers", "network"):  # the VM was checked too
         assert any(c["node"] == "vm-1" and c["outcome"] == "passed" for c in checks[stage]), \
             (stage, checks[stage])
 

@@ -8,22 +8,23 @@ from provision.pipeline import load_pipeline, parse_pipeline
 
 def test_default_pipeline_order_and_contract():
     p = load_pipeline("cluster")
-    assert p.names == ["machines", "os", "runtime", "etcd", "api-lb", "control-plane",
-                       "workers", "network"]
+    assert p.names == ["machines", "os", "hosts", "runtime", "etcd", "api-lb",
+                       "control-plane", "workers", "network"]
     assert p.stage("machines").provider_action == "ensure"
     assert p.stage("control-plane").serial == 1
     assert p.stage("etcd").targets == ("etcd",)
     # every role a stage names exists as an Ansible role, every check as a module
     root = Path(__file__).resolve().parents[2]
     for stage in p.stages:
-        for role in stage.roles:
+        for role in stage.role_names:
             assert (root / "roles" / role / "tasks" / "main.yml").is_file(), role
         assert (root / "provision" / "checks" / f"{stage.verify}.py").is_file(), stage.verify
 
 
 def test_narrowing():
     p = load_pipeline("cluster")
-    assert [s.name for s in p.narrowed(until="etcd")] == ["machines", "os", "runtime", "etcd"]
+    assert [s.name for s in p.narrowed(until="etcd")] == ["machines", "os", "hosts", "runtime",
+                                                         "etcd"]
     assert [s.name for s in p.narrowed(only="os")] == ["os"]
     with pytest.raises(BadInput, match="unknown stage 'nope'"):
         p.narrowed(until="nope")
@@ -81,7 +82,9 @@ def _hashes(tmp_path, workers: int) -> dict[str, str]:
 def test_adding_a_worker_changes_only_the_stages_that_see_workers(tmp_path):
     before, after = _hashes(tmp_path, 2), _hashes(tmp_path, 3)
     changed = sorted(s for s in before if before[s] != after[s])
-    assert changed == ["os"]  # /etc/hosts lists every node; etcd and the control plane do not
+    # /etc/hosts lists every node; the rest of the OS baseline, etcd and the control
+    # plane do not
+    assert changed == ["hosts"]
 
 
 def test_sees_names_known_groups_only(tmp_path):

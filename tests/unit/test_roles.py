@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
-ROLE_NAMES = ["os_baseline", "container_runtime", "etcd", "api_lb", "kubelet",
-              "control_plane", "worker", "cni", "reset"]
-PREFIX = {"os_baseline": "os_", "container_runtime": "containerd_", "etcd": "etcd_",
+ROLE_NAMES = ["os_baseline", "hosts_file", "container_runtime", "etcd", "api_lb",
+              "kubelet", "control_plane", "worker", "cni", "reset"]
+PREFIX = {"os_baseline": "os_", "hosts_file": "hosts_file_",
+          "container_runtime": "containerd_", "etcd": "etcd_",
           "api_lb": "apilb_", "kubelet": "kubelet_", "control_plane": "cp_",
           "worker": "worker_", "cni": "cni_", "reset": "reset_"}
 
