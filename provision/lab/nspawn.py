@@ -77,10 +77,24 @@ def launch(spec: MachineSpec, timeout: float = 10) -> int:
     if proc.returncode != 0:
         raise OSError(f"could not start machine {spec.name} (exit {proc.returncode}): "
                       f"{proc.stderr.strip()}")
-    pid = read_pid(spec.pidfile, spec.name)
-    if pid is None:
-        raise OSError(f"machine {spec.name} exited at once; see {spec.console_log}")
+    # The wrapper writes its child's pid right after the fork; that child may not have
+    # exec'd systemd-nspawn yet (a loaded box), so wait while it is still alive.
+    deadline = time.monotonic() + EXEC_WAIT_SECONDS
+    while (pid := read_pid(spec.pidfile, spec.name)) is None:
+        if time.monotonic() > deadline or not _child_alive(spec.pidfile):
+            raise OSError(f"machine {spec.name} exited at once; see {spec.console_log}")
+        time.sleep(0.02)
     return pid
+
+
+EXEC_WAIT_SECONDS = 5
+
+
+def _child_alive(pidfile: Path) -> bool:
+    try:
+        return not _is_zombie(int(pidfile.read_text().strip()))
+    except (OSError, ValueError):
+        return False
 
 
 def _cmdline(pid: int) -> list[str]:
