@@ -81,8 +81,13 @@ def launch(spec: MachineSpec, timeout: float = 10) -> int:
     # exec'd systemd-nspawn yet (a loaded box), so wait while it is still alive.
     deadline = time.monotonic() + EXEC_WAIT_SECONDS
     while (pid := read_pid(spec.pidfile, spec.name)) is None:
-        if time.monotonic() > deadline or not _child_alive(spec.pidfile):
+        if not _child_alive(spec.pidfile):
             raise OSError(f"machine {spec.name} exited at once; see {spec.console_log}")
+        if time.monotonic() > deadline:
+            with contextlib.suppress(OSError, ValueError):  # never leave it behind
+                os.kill(int(spec.pidfile.read_text()), signal.SIGKILL)
+            raise OSError(f"machine {spec.name}: systemd-nspawn did not start within "
+                          f"{EXEC_WAIT_SECONDS} s; see {spec.console_log}")
         time.sleep(0.02)
     return pid
 
