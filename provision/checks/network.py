@@ -40,13 +40,13 @@ def test_routes_to_every_other_node(host, cluster):
     # netcheck sweep waits for its pod, rather than fail and converge again.
     deadline = time.monotonic() + ROUTE_WAIT_SECONDS
     while True:
-        out = host.run("ip -4 route show dev flannel.1")
-        routes = [r for r in out.stdout.splitlines() if r]
-        if len(others) <= len(routes) <= len(others) + leaving \
-                or time.monotonic() > deadline:
+        routes = [r for r in host.run("ip -4 route show dev flannel.1").stdout.splitlines()
+                  if r]
+        complete = len(others) <= len(routes) <= len(others) + leaving
+        if complete or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert len(others) <= len(routes) <= len(others) + leaving, routes
+    assert complete, routes
 
 
 def test_node_ready(host, cluster):

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.lab import procs
+
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 
 # The wrapper joins the cgroups first (its children inherit them), then starts nspawn in
@@ -81,7 +83,7 @@ def launch(spec: MachineSpec, timeout: float = 10) -> int:
     # exec'd systemd-nspawn yet (a loaded box), so wait while it is still alive.
     deadline = time.monotonic() + EXEC_WAIT_SECONDS
     while (pid := read_pid(spec.pidfile, spec.name)) is None:
-        if not _child_alive(spec.pidfile):
+        if procs.pid_in(spec.pidfile) is None:
             raise OSError(f"machine {spec.name} exited at once; see {spec.console_log}")
         if time.monotonic() > deadline:
             with contextlib.suppress(OSError, ValueError):  # never leave it behind
@@ -95,13 +97,6 @@ def launch(spec: MachineSpec, timeout: float = 10) -> int:
 EXEC_WAIT_SECONDS = 5
 
 
-def _child_alive(pidfile: Path) -> bool:
-    try:
-        return not _is_zombie(int(pidfile.read_text().strip()))
-    except (OSError, ValueError):
-        return False
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -110,19 +105,11 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def is_machine(pid: int, name: str) -> bool:
     """Is ``pid`` a live systemd-nspawn running machine ``name``?"""
     argv = _cmdline(pid)
     return (bool(argv) and os.path.basename(argv[0]) == "systemd-nspawn"
-            and f"--machine={name}" in argv and not _is_zombie(pid))
+            and f"--machine={name}" in argv and not procs.gone(pid))
 
 
 def read_pid(pidfile: Path, name: str) -> int | None:
@@ -140,7 +127,7 @@ def find_machines(prefix: str = "") -> dict[str, int]:
         if not entry.isdigit():
             continue
         argv = _cmdline(int(entry))
-        if not argv or os.path.basename(argv[0]) != "systemd-nspawn" or _is_zombie(int(entry)):
+        if not argv or os.path.basename(argv[0]) != "systemd-nspawn" or procs.gone(int(entry)):
             continue
         for a in argv:
             for opt in ("--machine=", "-M"):

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provision.errors import BadInput, ProviderError
 from provision.executors.ssh import SSHEndpoint, ensure_cluster_keypair
-from provision.lab import cgroups, image, mounts, netns, nspawn, nsproxy
+from provision.lab import cgroups, image, mounts, netns, nspawn, nsproxy, procs
 from provision.paths import ClusterPaths, write_secret
 from provision.providers import services
 from provision.providers.base import (
@@ -569,14 +569,7 @@ def kill_all(pids: list[int], timeout: float = 5) -> None:
                 os.kill(p, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+            pids = [p for p in pids if not procs.gone(p)]
             if not pids:
                 return
             time.sleep(0.1)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True

@@ -19,15 +19,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-
-def running_pid(pidfile: Path) -> int | None:
-    """The pid in ``pidfile`` if that process still runs (and is not a zombie)."""
-    try:
-        pid = int(pidfile.read_text())
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if state == "Z" else pid
+from provision.lab.procs import pid_in
 
 
 def spawn(machines_dir: Path, name: str, argv: list[str], prefix: list[str] | None = None
@@ -38,7 +30,7 @@ def spawn(machines_dir: Path, name: str, argv: list[str], prefix: list[str] | No
     pidfile = machines_dir / f"service-{name}.pid"
     args_file = machines_dir / f"service-{name}.args"
     wanted = json.dumps(argv[1:])
-    pid = running_pid(pidfile)
+    pid = pid_in(pidfile)
     if pid is not None:
         recorded = args_file.read_text() if args_file.exists() else None
         if recorded == wanted:
@@ -55,13 +47,13 @@ def spawn(machines_dir: Path, name: str, argv: list[str], prefix: list[str] | No
 def stop(pidfile: Path, timeout: float = 10) -> None:
     """SIGTERM the service's process group, SIGKILL it after ``timeout`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pid = running_pid(pidfile)
+        pid = pid_in(pidfile)
         if pid is None:
             break
         with suppress(ProcessLookupError):
             os.killpg(pid, sig)
         deadline = time.monotonic() + timeout
-        while running_pid(pidfile) is not None and time.monotonic() < deadline:
+        while pid_in(pidfile) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
     pidfile.unlink(missing_ok=True)
     pidfile.with_suffix(".args").unlink(missing_ok=True)
@@ -73,4 +65,4 @@ def stop_all(machines_dir: Path) -> None:
             stop(pidfile)
 
 
-__all__ = ["running_pid", "spawn", "stop", "stop_all"]
+__all__ = ["spawn", "stop", "stop_all"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
+from provision.lab import procs
 from provision.providers import services
 
 SLEEPER = [sys.executable, "-c", "import sys, time; time.sleep(120)"]
@@ -20,14 +20,14 @@ def test_a_service_is_reused_while_its_arguments_stay_and_restarted_when_they_ch
         assert same == first
         changed = services.spawn(tmp_path, "mirror", [*SLEEPER, "--version", "v1.36.3"])
         assert changed != first
-        assert services.running_pid(tmp_path / "service-mirror.pid") == changed
+        assert procs.pid_in(tmp_path / "service-mirror.pid") == changed
         deadline = time.monotonic() + 5
         while _alive(first) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(first), "the service with the old arguments still runs"
     finally:
         services.stop_all(tmp_path)
-    assert services.running_pid(tmp_path / "service-mirror.pid") is None
+    assert procs.pid_in(tmp_path / "service-mirror.pid") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["service-mirror.log"]
 
 
@@ -43,8 +43,4 @@ def test_a_dead_service_is_started_again(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return not procs.gone(pid)
