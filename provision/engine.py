@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from provision import clustervars
 from provision.errors import BadInput, StageFailed
 from provision.executors import ansible, ssh
-from provision.paths import ClusterPaths, repo_root
+from provision.paths import ClusterPaths, data_dir
 from provision.pipeline import Stage
 from provision.verify import VerifyResult, run_checks
 
@@ -94,7 +94,7 @@ class Engine:
         self.record = record
         self.progress = progress
         self.hooks = hooks
-        self.roles_dir = roles_dir or repo_root() / "roles"
+        self.roles_dir = roles_dir or data_dir("roles")
         self.checks_dir = checks_dir
         self.marker_dir = marker_dir
         self._services: dict[str, str] | None = None

@@ -33,9 +33,18 @@ def state_root() -> Path:
     return Path(explicit) if explicit else _xdg("XDG_STATE_HOME", ".local/state") / "provision"
 
 
-def repo_root() -> Path:
-    """The source tree: roles/, pipelines/, images/ live beside the package."""
-    return Path(__file__).resolve().parent.parent
+DATA_DIRS = ("roles", "pipelines", "images")
+
+
+def data_dir(name: str) -> Path:
+    """``roles``, ``pipelines`` or ``images``: inside the package when it was installed
+    from a wheel (``provision/data/<name>``), beside it in a source checkout."""
+    if name not in DATA_DIRS:
+        raise ValueError(f"no data directory {name!r} (known: {', '.join(DATA_DIRS)})")
+    packaged = Path(__file__).resolve().parent / "data" / name
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / name
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from provision.errors import BadInput
-from provision.paths import repo_root
+from provision.paths import data_dir
 
 NODE_ROLES = ("control-plane", "etcd", "worker")
 STAGE_GROUPS = ("control_plane", "etcd", "workers", "kube_nodes")  # clustervars.groups
@@ -80,7 +80,7 @@ class Pipeline:
 
 
 def pipelines_dir() -> Path:
-    return repo_root() / "pipelines"
+    return data_dir("pipelines")
 
 
 def load_pipeline(name: str = "cluster", directory: Path | None = None) -> Pipeline:

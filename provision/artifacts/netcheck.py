@@ -23,12 +23,12 @@ from provision.artifacts import images, oci
 from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.gobuild import GOMOD_DIR, GoProgram
 from provision.artifacts.locks import LockEntry
-from provision.paths import repo_root
+from provision.paths import data_dir
 
 VERSION = "v0.1.0"
 IMAGE_REF = f"ghcr.io/provision/netcheck:{VERSION}"
 BINARY = "netcheck"
-SOURCE_DIR = repo_root() / "images" / "netcheck"
+SOURCE_DIR = data_dir("images") / "netcheck"
 SOURCE = "repo:images/netcheck"
 # recipe_key of the source files (go.mod, main.go): bump VERSION with it.
 SOURCE_KEY = "a855d5ee5c489cd4fc867d0e0b3aa011"

@@ -4,7 +4,7 @@ inv = load_inventory("inventories/local.yaml")   # raises InventoryInvalid
 for node in inv.etcd_members: ...
 """
 
-from provision.inventory.checks import supported_kubernetes_versions
+from provision.inventory.rules import supported_kubernetes_versions
 from provision.inventory.credentials import CredentialUnavailable, resolve_credential
 from provision.inventory.loader import check_inventory, load_inventory, parse_inventory
 from provision.inventory.model import (
@@ -19,17 +19,17 @@ from provision.inventory.model import (
     EtcdSpec,
     Inventory,
     KubernetesSpec,
-    LibvirtProvider,
-    LocalProvider,
-    Machine,
+    LibvirtSettings,
+    LocalSettings,
+    MachineSize,
     NetworkSpec,
     Node,
     NodeSpec,
     PoolSpec,
     ProvidersSpec,
-    PxeProvider,
+    PxeSettings,
     SshSpec,
-    StaticProvider,
+    StaticSettings,
     expand_nodes,
 )
 from provision.inventory.problems import InventoryInvalid, Problem
@@ -49,18 +49,18 @@ __all__ = [
     "Inventory",
     "InventoryInvalid",
     "KubernetesSpec",
-    "LibvirtProvider",
-    "LocalProvider",
-    "Machine",
+    "LibvirtSettings",
+    "LocalSettings",
+    "MachineSize",
     "NetworkSpec",
     "Node",
     "NodeSpec",
     "PoolSpec",
     "Problem",
     "ProvidersSpec",
-    "PxeProvider",
+    "PxeSettings",
     "SshSpec",
-    "StaticProvider",
+    "StaticSettings",
     "check_inventory",
     "expand_nodes",
     "inventory_json_schema",

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from provision.inventory.checks import Sections, semantic_problems
+from provision.inventory.rules import Sections, semantic_problems
 from provision.inventory.model import (
     ClusterSpec,
     ControlPlaneSpec,

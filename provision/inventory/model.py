@@ -182,7 +182,7 @@ class SshSpec(Spec):
 # --- machines and out-of-band management -------------------------------------------
 
 
-class Machine(Spec):
+class MachineSize(Spec):
     """Size of a machine: CPU and memory limits for local machines, VM size for libvirt."""
 
     cpus: int | None = Field(default=None, ge=1, le=1024, description="Number of CPUs.")
@@ -248,7 +248,7 @@ class Bmc(Spec):
 # --- providers --------------------------------------------------------------------
 
 
-class LocalProvider(Spec):
+class LocalSettings(Spec):
     """Lab machines on this host: systemd-nspawn machines in network namespaces."""
 
     image: str = Field(default="debian-12", description="Node image recipe from images/.")
@@ -262,7 +262,7 @@ class LocalProvider(Spec):
     )
 
 
-class LibvirtProvider(Spec):
+class LibvirtSettings(Spec):
     """KVM virtual machines created through libvirt."""
 
     uri: str = Field(default="qemu:///system", description="libvirt connection URI.")
@@ -286,14 +286,14 @@ class LibvirtProvider(Spec):
     )
     pool: str = Field(default="default", description="Storage pool for the VM disks.")
     image: str = Field(default="debian-12", description="VM image recipe from images/.")
-    defaults: Machine | None = Field(
+    defaults: MachineSize | None = Field(
         default=None,
         description="Machine size for libvirt nodes that set none (cpus, memory and disk "
         "are all required per node, from here or from the node/template).",
     )
 
     @model_validator(mode="after")
-    def _one_attachment(self) -> LibvirtProvider:
+    def _one_attachment(self) -> LibvirtSettings:
         if self.network is not None and self.bridge is not None:
             raise invalid(
                 "set either network or bridge, not both",
@@ -302,7 +302,7 @@ class LibvirtProvider(Spec):
         return self
 
 
-class PxeProvider(Spec):
+class PxeSettings(Spec):
     """Bare-metal machines that PXE-boot from the provisioner, powered through their BMC."""
 
     interface: str = Field(
@@ -325,17 +325,17 @@ class PxeProvider(Spec):
     )
 
 
-class StaticProvider(Spec):
+class StaticSettings(Spec):
     """Existing hosts, reachable over SSH at their address. Nothing is created."""
 
 
 class ProvidersSpec(Spec):
     """The providers nodes may use. A node's provider must be configured here."""
 
-    local: LocalProvider | None = Field(default=None, description="Lab machines on this host.")
-    libvirt: LibvirtProvider | None = Field(default=None, description="libvirt virtual machines.")
-    pxe: PxeProvider | None = Field(default=None, description="PXE-booted bare metal.")
-    static: StaticProvider | None = Field(default=None, description="Existing hosts.")
+    local: LocalSettings | None = Field(default=None, description="Lab machines on this host.")
+    libvirt: LibvirtSettings | None = Field(default=None, description="libvirt virtual machines.")
+    pxe: PxeSettings | None = Field(default=None, description="PXE-booted bare metal.")
+    static: StaticSettings | None = Field(default=None, description="Existing hosts.")
 
     @field_validator("local", "libvirt", "pxe", "static", mode="before")
     @classmethod
@@ -361,7 +361,7 @@ class NodeSpec(Spec):
     )
     provider: ProviderName = Field(description="Which provider makes this machine.")
     address: IPv4 = Field(description="Static address in the node subnet, unique.")
-    machine: Machine | None = Field(default=None, description="Machine size.")
+    machine: MachineSize | None = Field(default=None, description="Machine size.")
     mac: MAC | None = Field(
         default=None,
         description="MAC address of the boot NIC (required for pxe; optional for libvirt).",
@@ -390,8 +390,8 @@ class PoolSpec(Spec):
         alias="firstAddress",
         description="Address of <name>-1; node i gets firstAddress + i - 1.",
     )
-    template: Machine = Field(
-        default_factory=lambda: Machine(), description="Machine size of every node."
+    template: MachineSize = Field(
+        default_factory=lambda: MachineSize(), description="Machine size of every node."
     )
     macs: list[MAC] = Field(
         default_factory=list,
@@ -459,7 +459,7 @@ class Node(BaseModel):
     roles: frozenset[str]  # effective roles: includes etcd on co-located control planes
     provider: str
     address: str
-    machine: Machine = Field(default_factory=Machine)
+    machine: MachineSize = Field(default_factory=MachineSize)
     mac: str | None = None
     bmc: Bmc | None = None
     pool: str | None = None  # the pool it comes from, None for an explicit node
@@ -485,7 +485,7 @@ def expand_nodes(spec: ClusterSpec) -> list[Node]:
             roles=effective(list(n.roles)),
             provider=n.provider,
             address=n.address,
-            machine=n.machine or Machine(),
+            machine=n.machine or MachineSize(),
             mac=n.mac,
             bmc=n.bmc,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from provision.inventory.checks import supported_kubernetes_versions
+from provision.inventory.rules import supported_kubernetes_versions
 from provision.inventory.model import ClusterSpec
 
 _cache: dict[str, Any] | None = None

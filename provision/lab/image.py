@@ -25,11 +25,11 @@ from pathlib import Path
 
 from provision.errors import BadInput, ProviderError
 from provision.lab.mounts import remove_tree
-from provision.paths import cache_root, repo_root
+from provision.paths import cache_root, data_dir
 
 
 def recipes_dir() -> Path:
-    return repo_root() / "images"
+    return data_dir("images")
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,51 @@
-"""The interface every IaaS provider implements, and the registry of providers.
+"""The interface every provider implements.
 
-A provider makes machines exist and reachable over SSH; everything after that is the
-job of Ansible roles. The ``machines`` stage calls ``ensure``, ``plan`` calls
-``observe``, ``destroy`` calls ``destroy``. When a provider creates a machine it writes
-the machine's host keys into the cluster's ``known_hosts``, so SSH is strict from the
-first connection.
+A provider makes machines exist and answer SSH; everything after that is the job of
+the stages (Ansible roles). What a provider can do beyond the core is declared in
+``capabilities``, never discovered with ``hasattr``:
+
+=================  ==========================================================
+capability         means the provider implements
+=================  ==========================================================
+``CREATE``         it makes and releases machines; ``machines()`` lists every
+                   machine it holds for the cluster, in the inventory or not
+                   any more (a removed node's machine is drained, reset and
+                   released, and only the provider still knows where it is)
+``POWER``          ``start`` / ``stop`` a machine it made
+``SERVICES``       ``spawn_service``: a provisioner-side process (the artifact
+                   mirror) where its machines reach the gateway
+``API_FORWARD``    ``forward_api``: the API virtual IP is reached from this host
+                   through a loopback forward (it lives in a lab namespace)
+=================  ==========================================================
+
+Methods take node *names* where a machine may have outlived its inventory entry
+(``observe``, ``destroy``, ``ssh_endpoint``) and ``Node`` objects where the
+inventory's settings are needed (``validate``, ``ensure``, ``start``).
+
+When a provider creates a machine it writes the machine's host key into the
+cluster's ``known_hosts`` (provision/providers/machine.py), so SSH is strict from
+the first connection.
 """
 
 from __future__ import annotations
 
-import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import ClassVar
 
 from provision.errors import BadInput, ProviderError
 from provision.executors.ssh import SSHEndpoint
+from provision.inventory import Inventory, Node, Problem
+from provision.inventory.problems import Severity
 
-try:  # one Problem type for every static check
-    from provision.inventory.problems import Problem
-except ImportError:  # pragma: no cover - only while the inventory package is missing
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Problem:  # type: ignore[no-redef]
-        file: str
-        line: int
-        column: int
-        path: str
-        message: str
-        hint: str | None = None
-        severity: str = "error"
+# news about one node: say(node_name, message), for the progress view
+NodeSay = Callable[[str, str], None]
 
 
-__all__ = [
-    "MachineState", "Problem", "Progress", "Provider", "ProvidersInvalid", "SSHEndpoint",
-    "get_provider", "problem", "quiet_if_none", "raise_if_invalid", "register",
-    "registered_providers", "wait_all",
-]
-
-# progress(node_name, message): what the provider is doing, for the progress view.
-Progress = Callable[[str, str], None]
+def say_nothing(_node: str, _message: str) -> None:
+    """A NodeSay for callers that show no progress."""
 
 
 class MachineState(StrEnum):
@@ -53,31 +57,90 @@ class MachineState(StrEnum):
         return self.value
 
 
-@runtime_checkable
-class Provider(Protocol):
+class Capability(StrEnum):
+    CREATE = "create"
+    POWER = "power"
+    SERVICES = "services"
+    API_FORWARD = "api-forward"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine a provider holds for a node: the inventory's, or a removed node's."""
+
     name: str
+    address: str
+    provider: str
 
-    def check(self, inv: Any, nodes: Sequence[Any]) -> list[Problem]:
-        """Static validation: touches nothing."""
 
-    def ensure(self, inv: Any, nodes: Sequence[Any], progress: Progress | None = None) -> None:
-        """Each node exists, runs and answers SSH (host key already in known_hosts)."""
+class Provider(ABC):
+    """One kind of machine (lab machine, libvirt VM, bare metal, existing host)."""
 
-    def observe(self, inv: Any, nodes: Sequence[Any]) -> dict[str, MachineState]:
-        """Node name -> running | stopped | missing."""
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    def start(self, inv: Any, node: Any) -> None: ...
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
-    def stop(self, inv: Any, node: Any) -> None: ...
+    # --- every provider ------------------------------------------------------------
 
-    def destroy(self, inv: Any, nodes: Sequence[Any]) -> None:
+    @abstractmethod
+    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
+        """What stops this provider from making these machines; touches nothing."""
+
+    @abstractmethod
+    def ensure(self, inv: Inventory, nodes: Sequence[Node], say: NodeSay) -> set[str]:
+        """Each node exists, runs and answers SSH (host key already in known_hosts).
+        Returns the names of the nodes that were not running before."""
+
+    @abstractmethod
+    def observe(self, inv: Inventory, names: Sequence[str]) -> dict[str, MachineState]:
+        """Node name -> running | stopped | missing; changes nothing."""
+
+    @abstractmethod
+    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
         """Remove everything the provider made for these nodes. Idempotent."""
 
-    def ssh_endpoint(self, inv: Any, node: Any) -> SSHEndpoint: ...
+    @abstractmethod
+    def ssh_endpoint(self, inv: Inventory, name: str, address: str) -> SSHEndpoint:
+        """How to open a TCP connection to the node's sshd."""
+
+    # --- capabilities (the default says the provider lacks it) ----------------------
+
+    def machines(self, inv: Inventory) -> dict[str, Machine]:
+        """CREATE: every machine this provider holds for the cluster, by node name."""
+        return {}
+
+    def start(self, inv: Inventory, node: Node) -> None:
+        """POWER: start a stopped machine and wait for SSH."""
+        raise self._lacks(Capability.POWER)
+
+    def stop(self, inv: Inventory, node: Node) -> None:
+        """POWER: a clean shutdown, then a hard one after a timeout."""
+        raise self._lacks(Capability.POWER)
+
+    def spawn_service(self, inv: Inventory, name: str, argv: list[str]) -> int:
+        """SERVICES: run ``argv`` detached where the machines reach the gateway;
+        reused while its arguments stay the same. Returns its pid."""
+        raise self._lacks(Capability.SERVICES)
+
+    def service_netns(self, inv: Inventory) -> str | None:
+        """SERVICES: the network namespace the services run in (None: this host's)."""
+        raise self._lacks(Capability.SERVICES)
+
+    def forward_api(self, inv: Inventory) -> int:
+        """API_FORWARD: a loopback port on this host forwarded to the API virtual IP."""
+        raise self._lacks(Capability.API_FORWARD)
+
+    def close(self) -> None:
+        """Release connections (libvirt) at the end of a command."""
+
+    def _lacks(self, capability: Capability) -> ProviderError:
+        return ProviderError(f"provider {self.name!r} cannot {capability.value}")
 
 
 class ProvidersInvalid(BadInput):
-    """A provider's check found errors: nothing was created."""
+    """A provider's validation found errors: nothing was created."""
 
     def __init__(self, provider: str, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
@@ -85,61 +148,23 @@ class ProvidersInvalid(BadInput):
         super().__init__(f"provider {provider!r} cannot create these machines:\n{lines}")
 
 
-def problem(inv: Any, path: str, message: str, hint: str | None = None,
-            severity: str = "error") -> Problem:
+def problem(inv: Inventory, path: str, message: str, hint: str | None = None,
+            severity: Severity = "error") -> Problem:
     """A Problem about a provider setting; points at the inventory file."""
-    src = getattr(inv, "source_path", None)
+    src = inv.source_path
     return Problem(file=str(src) if src else "<inventory>", line=0, column=0, path=path,
-                   message=message, hint=hint, severity=severity)  # type: ignore[arg-type]
+                   message=message, hint=hint, severity=severity)
 
 
-def raise_if_invalid(provider: Provider, inv: Any, nodes: Sequence[Any]) -> None:
-    """The preamble of ``ensure``: the provider's own check, whose errors raise
+def raise_if_invalid(provider: Provider, inv: Inventory, nodes: Sequence[Node]) -> None:
+    """The preamble of ``ensure``: the provider's own validation, whose errors raise
     ProvidersInvalid before anything is created."""
-    problems = [p for p in provider.check(inv, nodes) if p.severity == "error"]
+    problems = [p for p in provider.validate(inv, nodes) if p.severity == "error"]
     if problems:
         raise ProvidersInvalid(provider.name, problems)
 
 
-def quiet_if_none(progress: Progress | None) -> Progress:
-    """``progress`` as a callable that always exists: without one, messages go nowhere."""
-    def say(node: str, message: str) -> None:
-        if progress is not None:
-            progress(node, message)
-    return say
-
-
-def wait_all(nodes: Sequence[Any], wait: Callable[[Any], str | None], what: str) -> None:
-    """Run ``wait`` for every node at once; the errors it returns (one line a node) raise
-    ProviderError ``<what> not reachable``."""
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        errors = [e for e in pool.map(wait, nodes) if e]
-    if errors:
-        raise ProviderError(f"{what} not reachable:\n  " + "\n  ".join(errors))
-
-
-_REGISTRY: dict[str, str] = {
-    "local": "provision.providers.local:LocalProvider",
-    "static": "provision.providers.static:StaticProvider",
-    "libvirt": "provision.providers.libvirt:LibvirtProvider",
-}
-_INSTANCES: dict[str, Provider] = {}
-
-
-def register(name: str, target: str) -> None:
-    """Add a provider: ``target`` is ``module:Class`` (imported on first use)."""
-    _REGISTRY[name] = target
-    _INSTANCES.pop(name, None)
-
-
-def registered_providers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_provider(name: str) -> Provider:
-    if name not in _INSTANCES:
-        if name not in _REGISTRY:
-            raise BadInput(f"unknown provider {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-        module, cls = _REGISTRY[name].split(":")
-        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
-    return _INSTANCES[name]
+__all__ = [
+    "Capability", "Machine", "MachineState", "NodeSay", "Provider", "ProvidersInvalid",
+    "SSHEndpoint", "problem", "raise_if_invalid", "say_nothing",
+]

@@ -183,7 +183,7 @@ class LibvirtProvider:
     def settings(self, inv: Any) -> Any:
         s = getattr(inv.providers, "libvirt", None)
         if s is None:
-            from provision.inventory.model import LibvirtProvider as Settings
+            from provision.inventory.model import LibvirtSettings as Settings
 
             s = Settings()
         return s

@@ -106,10 +106,10 @@ def test_a_change_to_a_prepared_role_changes_the_stage_hash(tmp_path):
 
     from provision.engine import Engine, Hooks
     from provision.inventory import load_inventory
-    from provision.paths import ClusterPaths, repo_root
+    from provision.paths import ClusterPaths, data_dir
 
     roles = tmp_path / "roles"
-    shutil.copytree(repo_root() / "roles", roles)
+    shutil.copytree(data_dir("roles"), roles)
     path = tmp_path / "inv.yaml"
     path.write_text(inventory_text(workers=1))
     inv = load_inventory(path)

@@ -17,7 +17,7 @@ from provision.inventory.model import (
     ControlPlaneSpec,
     EtcdSpec,
     KubernetesSpec,
-    Machine,
+    MachineSize,
     NetworkSpec,
     NodeSpec,
     PoolSpec,
@@ -63,7 +63,7 @@ class Placed:
     address: int | None  # None: beyond 255.255.255.255 (a pool that runs off the end)
     mac: str | None
     bmc: Bmc | None
-    machine: Machine
+    machine: MachineSize
     origin: Loc  # ("nodes", i) or ("pools", j)
     pool: PoolSpec | None = None
     index: int = 0  # number in the pool
@@ -121,7 +121,7 @@ class Checker:
                 int(ipaddress.IPv4Address(n.address)),
                 n.mac,
                 n.bmc,
-                n.machine or Machine(),
+                n.machine or MachineSize(),
                 ("nodes", i),
             )
             for i, n in self.s.nodes
@@ -481,7 +481,7 @@ class Checker:
                 providers.libvirt.defaults
                 if providers is not None and providers.libvirt is not None
                 else None
-            ) or Machine()
+            ) or MachineSize()
             mloc: Loc = (*node.origin, "machine" if node.pool is None else "template")
             unset = [
                 key
