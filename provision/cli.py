@@ -1,4 +1,4 @@
-"""The ``provision`` command line. Parsing and printing only: the work is in operations.
+"""The ``provision`` command line. Parsing and printing only: the work is in commands.
 
 Exit codes: 0 success, 1 a stage, check or host operation failed, 2 bad input
 (nothing was touched).
@@ -11,7 +11,8 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +28,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+if TYPE_CHECKING:
+    from provision.commands import RunSummary
+
+P = ParamSpec("P")
+T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
@@ -50,11 +56,11 @@ def _nodes(value: str | None) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()] if value else []
 
 
-def _emit_json(data: Any) -> None:
+def _emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call an operation; turn provision's errors into a message and an exit code."""
     try:
         return fn(*args, **kwargs)
@@ -112,18 +118,21 @@ def plan(inventory: Inventory, force: Force = False, output: OutputOpt = Output.
 
     Exit 0 when `up` would proceed, 2 when it would refuse the change.
     """
-    from provision import operations
+    from provision import commands
 
-    report = _run(operations.plan, inventory, force=force)
+    report = _run(commands.plan, inventory, force=force)
     if output is Output.json:
         _emit_json(report.to_json())
     else:
         out.print(report.membership.to_table(), markup=False, highlight=False, soft_wrap=True)
-        if report.converge:
-            table = Table("action", "node", "stage", "reason", title="stages")
-            for a in report.converge:
-                table.add_row(a.action, a.node, a.stage, a.reason)
+        table = Table("step", "node", "action", "reason", title="steps `up` runs")
+        for planned in report.steps:
+            for change in planned.changes:
+                table.add_row(planned.step.name, change.node, change.action, change.reason)
+        if table.row_count:
             out.print(table)
+        else:
+            out.print("every step: nothing to do (`provision verify` re-checks the nodes)")
     if not report.ok:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -145,9 +154,9 @@ def up(
     A full run plans membership changes first (as `provision plan` shows) and refuses
     unsafe ones before touching anything; --until/--only/--nodes only converge stages.
     """
-    from provision import operations
+    from provision import commands
 
-    summary = _run(operations.up, inventory, until=until, only=only, nodes=_nodes(nodes),
+    summary = _run(commands.up, inventory, until=until, only=only, nodes=_nodes(nodes),
                    force=force, force_drain=force_drain)
     _finish(summary, output)
 
@@ -160,13 +169,13 @@ def verify(
     output: OutputOpt = Output.text,
 ) -> None:
     """Re-run every stage's checks against the live cluster; change nothing."""
-    from provision import operations
+    from provision import commands
 
-    summary = _run(operations.verify, inventory, only=only, nodes=_nodes(nodes))
+    summary = _run(commands.verify, inventory, only=only, nodes=_nodes(nodes))
     _finish(summary, output)
 
 
-def _finish(summary: Any, output: Output) -> None:
+def _finish(summary: RunSummary, output: Output) -> None:
     if output is Output.json:
         _emit_json(summary.to_json())
     else:
@@ -182,20 +191,19 @@ def _finish(summary: Any, output: Output) -> None:
 @app.command()
 def status(inventory: Inventory, output: OutputOpt = Output.text) -> None:
     """Show the cluster's machines and the outcome of the last run."""
-    from provision import operations
+    from provision import commands
 
-    data = _run(operations.status, inventory)
+    status = _run(commands.status, inventory)
     if output is Output.json:
-        _emit_json(data)
+        _emit_json(status.to_json())
         return
-    table = Table("node", "roles", "provider", "address", "machine", title=data["cluster"])
-    for n in data["nodes"]:
-        table.add_row(n["name"], ",".join(n["roles"]), n["provider"], n["address"], n["machine"])
+    table = Table("node", "roles", "provider", "address", "machine", title=status.cluster)
+    for n in status.nodes:
+        table.add_row(n.name, ",".join(n.roles), n.provider, n.address, n.machine)
     out.print(table)
-    last = data["last_run"]
+    last = status.last_run
     if last:
-        out.print(f"last run: {last['command']} {last['status']} ({last['run']}); "
-                  f"report: {last['report']}")
+        out.print(f"last run: {last.command} {last.status} ({last.run}); report: {last.report}")
     else:
         out.print("no run recorded yet")
 
@@ -213,7 +221,7 @@ def destroy(
 
     Run records keep their backups (etcd snapshots) after the cluster is gone.
     """
-    from provision import operations
+    from provision import commands
     from provision.inventory import load_inventory
 
     name = _run(load_inventory, inventory).name
@@ -225,11 +233,13 @@ def destroy(
         typer.confirm(f"{what.capitalize()} cluster {name!r}"
                       + ("" if keep_machines else " and all its machines") + "?", abort=True)
     if keep_machines:
-        data = _run(operations.reset, inventory)
-        text = f"reset cluster {data['cluster']}: {', '.join(data['reset'])} (machines kept)"
+        reset = _run(commands.reset, inventory)
+        data, text = reset.to_json(), (f"reset cluster {reset.cluster}: "
+                                       f"{', '.join(reset.reset)} (machines kept)")
     else:
-        data = _run(operations.destroy, inventory)
-        text = f"destroyed cluster {data['cluster']}: {', '.join(data['destroyed'])}"
+        gone = _run(commands.destroy, inventory)
+        data, text = gone.to_json(), (f"destroyed cluster {gone.cluster}: "
+                                      f"{', '.join(gone.destroyed)}")
     if output is Output.json:
         _emit_json(data)
     else:
@@ -239,16 +249,15 @@ def destroy(
 @app.command()
 def backup(inventory: Inventory, output: OutputOpt = Output.text) -> None:
     """Take an etcd snapshot, check it, and store it (0600) in a new run record."""
-    from provision import operations
+    from provision import commands
 
-    data = _run(operations.backup, inventory)
+    snap = _run(commands.backup, inventory)
     if output is Output.json:
-        _emit_json(data)
+        _emit_json(snap.to_json())
         return
-    out.print(f"snapshot {data['snapshot']} from {data['member']}: revision {data['revision']}, "
-              f"hash {data['hash']}, {data['keys']} keys, {data['size']} bytes, "
-              f"sha256 {data['sha256']}")
-    out.print(f"restore it with: provision restore -i {inventory} {data['snapshot']}")
+    out.print(f"snapshot {snap.snapshot} from {snap.member}: revision {snap.revision}, "
+              f"hash {snap.hash}, {snap.keys} keys, {snap.size} bytes, sha256 {snap.sha256}")
+    out.print(f"restore it with: provision restore -i {inventory} {snap.snapshot}")
 
 
 @app.command()
@@ -262,14 +271,14 @@ def restore(
 
     Every change made after the snapshot is lost.
     """
-    from provision import operations
+    from provision import commands
 
     if not yes:
         if not sys.stdin.isatty():
             err.print("error: refusing to restore without --yes when not on a terminal")
             raise typer.Exit(EXIT_BAD_INPUT)
         typer.confirm(f"Replace the cluster's etcd data with {snapshot}?", abort=True)
-    summary = _run(operations.restore, inventory, snapshot)
+    summary = _run(commands.restore, inventory, snapshot)
     _finish(summary, output)
 
 
@@ -280,14 +289,14 @@ def kubeconfig(
     output: OutputOpt = Output.text,
 ) -> None:
     """Write an admin kubeconfig (mode 0600) that reaches the API from this box."""
-    from provision import operations
+    from provision import commands
 
-    data = _run(operations.kubeconfig, inventory, path)
+    written = _run(commands.kubeconfig, inventory, path)
     if output is Output.json:
-        _emit_json(data)
+        _emit_json(written.to_json())
         return
-    out.print(f"wrote {data['kubeconfig']} (API at {data['server']})")
-    out.print(f"next: KUBECONFIG={data['kubeconfig']} kubectl get nodes")
+    out.print(f"wrote {written.kubeconfig} (API at {written.server})")
+    out.print(f"next: KUBECONFIG={written.kubeconfig} kubectl get nodes")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -297,9 +306,9 @@ def ssh(
     node: Annotated[str, typer.Argument(help="Node name.")],
 ) -> None:
     """Open a shell (or run a command) on a node with the cluster's SSH settings."""
-    from provision import operations
+    from provision import commands
 
-    argv = _run(operations.ssh_argv, inventory, node, list(ctx.args))
+    argv = _run(commands.ssh_argv, inventory, node, list(ctx.args))
     os.execvp(argv[0], argv)
 
 
@@ -346,13 +355,13 @@ def artifacts_build(
     ver, source = _artifact_target(inventory, version)
     aset = _run(build, ver, progress=lambda m: err.print(m, markup=False), source=source,
                 update_lock=update_lock)
-    data = {"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
-            "images": sorted(aset.images), "seconds": round(time.monotonic() - started, 1)}
+    seconds = round(time.monotonic() - started, 1)
     if output is Output.json:
-        _emit_json(data)
+        _emit_json({"kubernetes": aset.kubernetes, "artifacts": len(aset.artifacts),
+                    "images": sorted(aset.images), "seconds": seconds})
     else:
-        out.print(f"artifacts for {data['kubernetes']}: {data['artifacts']} ready "
-                  f"({len(data['images'])} images) in {data['seconds']}s")
+        out.print(f"artifacts for {aset.kubernetes}: {len(aset.artifacts)} ready "
+                  f"({len(aset.images)} images) in {seconds}s")
 
 
 @artifacts_app.command("status")

@@ -7,7 +7,9 @@ context) and the stage input hash can never disagree.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from collections.abc import Iterable
+
+from provision.inventory import Inventory
 
 GROUPS = {
     "control_plane": "control-plane",
@@ -16,7 +18,7 @@ GROUPS = {
 }
 
 
-def groups(inv: Any) -> dict[str, list[str]]:
+def groups(inv: Inventory) -> dict[str, list[str]]:
     out = {group: [n.name for n in inv.nodes_with_role(role)] for group, role in GROUPS.items()}
     # etcd members are whatever the inventory says they are (co-located or dedicated)
     out["etcd"] = [n.name for n in inv.etcd_members]
@@ -25,15 +27,12 @@ def groups(inv: Any) -> dict[str, list[str]]:
     return out
 
 
-def host_vars(node: Any) -> dict[str, Any]:
-    return {
-        "node_name": node.name,
-        "node_address": str(node.address),
-        "node_roles": sorted(node.roles),
-    }
+def host_vars(name: str, address: str, roles: Iterable[str]) -> dict[str, object]:
+    """A node's own variables (a removed node's machine has no roles any more)."""
+    return {"node_name": name, "node_address": address, "node_roles": sorted(roles)}
 
 
-def global_vars(inv: Any, services: dict[str, str]) -> dict[str, Any]:
+def global_vars(inv: Inventory, services: dict[str, str]) -> dict[str, object]:
     """``services``: where the artifact mirror and registry answer for the nodes."""
     k8s = inv.kubernetes
     subnet = ipaddress.ip_network(str(inv.network.subnet))

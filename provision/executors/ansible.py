@@ -20,14 +20,26 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import ansible_runner
 import yaml
 
 from provision.paths import ClusterPaths, data_dir
 
-EventSink = Callable[[dict[str, Any]], None]
+# One ansible-runner event (its JSON as a dict), and who receives them.
+Event = dict[str, object]
+EventSink = Callable[[Event], None]
+
+
+def event_data(event: Event) -> dict[str, object]:
+    """The event's ``event_data`` (host, task, res, ...), or {}."""
+    data = event.get("event_data")
+    return data if isinstance(data, dict) else {}
+
+
+def _result(data: dict[str, object]) -> dict[str, object]:
+    res = data.get("res")
+    return res if isinstance(res, dict) else {}
 
 
 @dataclass
@@ -49,8 +61,8 @@ def ansible_dir(paths: ClusterPaths) -> Path:
     return paths.root / "ansible"
 
 
-def write_inventory(paths: ClusterPaths, hosts: dict[str, dict[str, Any]],
-                    groups: dict[str, list[str]], global_vars: dict[str, Any],
+def write_inventory(paths: ClusterPaths, hosts: dict[str, dict[str, object]],
+                    groups: dict[str, list[str]], global_vars: dict[str, object],
                     name: str = "inventory.yaml") -> Path:
     """The generated Ansible inventory: hosts, role groups and the provision_* vars."""
     out = ansible_dir(paths) / name
@@ -89,8 +101,7 @@ def write_ansible_cfg(paths: ClusterPaths, roles_dir: Path | None = None) -> Pat
 
 
 def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], hosts: list[str],
-                         serial: int, marker: dict[str, str],
-                         marker_dir: str = "/var/lib/provision/stages",
+                         serial: int, marker: dict[str, str], marker_dir: str,
                          prepare: list[str] | None = None) -> Path:
     """The stage's roles on its hosts, then the stage marker on each host.
 
@@ -101,7 +112,7 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
     whose order matters. Facts they set carry into the stage's play, which gets
     ``provision_prepared`` so its roles skip what was prepared.
     """
-    plays: list[dict[str, Any]] = []
+    plays: list[dict[str, object]] = []
     if prepare:
         plays.append({
             "name": f"stage {stage}: prepare every node",
@@ -109,7 +120,7 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
             "any_errors_fatal": True,
             "tasks": [_import_role(entry) for entry in prepare],
         })
-    play: dict[str, Any] = {
+    play: dict[str, object] = {
         "name": f"stage {stage}",
         "hosts": ",".join(hosts),
         "any_errors_fatal": serial == 1,
@@ -139,13 +150,13 @@ def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], host
     return write_playbook(paths, stage, plays)
 
 
-def _import_role(entry: str) -> dict[str, Any]:
+def _import_role(entry: str) -> dict[str, object]:
     role, _, tasks_file = entry.partition(":")
     args = {"name": role, **({"tasks_from": tasks_file} if tasks_file else {})}
     return {"name": f"prepare: {entry}", "ansible.builtin.import_role": args}
 
 
-def write_playbook(paths: ClusterPaths, name: str, plays: list[dict[str, Any]]) -> Path:
+def write_playbook(paths: ClusterPaths, name: str, plays: list[dict[str, object]]) -> Path:
     """A playbook that is not a stage (reset, say), beside the stage playbooks."""
     out = ansible_dir(paths) / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,24 +171,26 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
     work_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, HostOutcome] = {}
 
-    def handler(event: dict[str, Any]) -> bool:
-        data = event.get("event_data") or {}
+    def handler(event: Event) -> bool:
+        data = event_data(event)
         host = data.get("host")
         kind = event.get("event", "")
-        if host:
+        if isinstance(host, str):
             outcome = outcomes.setdefault(host, HostOutcome())
-            if kind == "runner_on_ok" and data.get("res", {}).get("changed"):
+            task = data.get("task")
+            res = _result(data)
+            if kind == "runner_on_ok" and res.get("changed"):
                 outcome.changed_tasks += 1
                 if outcome.status == "ok":
                     outcome.status = "changed"
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
                 outcome.status = "failed"
-                outcome.task = data.get("task")
-                outcome.message = _failure_message(data.get("res", {}))
+                outcome.task = task if isinstance(task, str) else None
+                outcome.message = _failure_message(res)
             elif kind == "runner_on_unreachable":
                 outcome.status = "unreachable"
-                outcome.task = data.get("task")
-                outcome.message = _failure_message(data.get("res", {}))
+                outcome.task = task if isinstance(task, str) else None
+                outcome.message = _failure_message(res)
         on_event(event)
         return True
 
@@ -210,7 +223,7 @@ def output_tail(result: PlaybookResult, lines: int = 8) -> str:
     return "\n".join(result.stdout_path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
-def _failure_message(res: dict[str, Any]) -> str:
+def _failure_message(res: dict[str, object]) -> str:
     """Ansible's message plus the command's stderr: "non-zero return code" alone says nothing."""
     parts = []
     for key in ("msg", "stderr", "stdout"):

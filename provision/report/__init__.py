@@ -5,7 +5,8 @@ from provision.report.progress import (
     PlainProgress,
     Progress,
     Tee,
-    make_progress,
+    View,
+    make_view,
 )
 from provision.report.records import RunRecord
 from provision.report.redact import Redactor
@@ -17,5 +18,6 @@ __all__ = [
     "Redactor",
     "RunRecord",
     "Tee",
-    "make_progress",
+    "View",
+    "make_view",
 ]

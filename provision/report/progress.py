@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -28,8 +28,24 @@ if TYPE_CHECKING:
 FINAL = frozenset({"ok", "changed", "skipped", "failed"})
 
 
-class Progress:
-    """The interface, and a view that shows nothing."""
+class Progress(Protocol):
+    """What a run tells about itself as it goes: ``Tee`` feeds the run record and the
+    views from these calls (steps, providers and the engine only ever see this)."""
+
+    def stage_started(self, stage: str, nodes: Sequence[str]) -> None: ...
+    def node_state(self, stage: str, node: str, state: str, task: str | None = None,
+                   elapsed: float | None = None) -> None: ...
+    def node_result(self, stage: str, node: str, status: str, started: float,
+                    finished: float, detail: str = "", task: str | None = None) -> None: ...
+    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
+                     duration: float, message: str = "") -> None: ...
+    def stage_finished(self, stage: str, status: str) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class View:
+    """A progress view's interface, and a view that shows nothing."""
 
     def stage_started(self, stage: str, nodes: Sequence[str]) -> None:
         pass
@@ -70,7 +86,7 @@ class _Stage:
     elapsed: float | None = None
 
 
-class _Tracker(Progress):
+class _Tracker(View):
     """Shared bookkeeping: stages, nodes, elapsed times. Subclasses display it."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -228,7 +244,7 @@ class LiveProgress(_Tracker):
         self._live.stop()
 
 
-def make_progress(stream: TextIO | None = None) -> Progress:
+def make_view(stream: TextIO | None = None) -> View:
     """A live view when ``stream`` (default stderr) is a terminal, plain lines otherwise."""
     stream = stream if stream is not None else sys.stderr
     isatty = getattr(stream, "isatty", None)
@@ -237,14 +253,14 @@ def make_progress(stream: TextIO | None = None) -> Progress:
     return PlainProgress(stream)
 
 
-class Tee(Progress):
+class Tee:
     """Feeds one RunRecord and any number of progress views from the same calls.
 
     Text shown in the views goes through the record's redactor first.
     ``node_result`` and ``check_result`` reach the record in full and the views as states.
     """
 
-    def __init__(self, record: RunRecord, *views: Progress) -> None:
+    def __init__(self, record: RunRecord, *views: View) -> None:
         self.record, self.views = record, views
         self._r = record.redact
 

@@ -4,7 +4,7 @@ import yaml
 
 from provision.executors import ansible, ssh
 from provision.paths import ClusterPaths
-from provision.verify import parse_junit
+from provision.run.verify import parse_junit
 
 
 def test_keypair_is_private_and_stable(tmp_path):

@@ -1,65 +1,94 @@
-"""Applying a plan's membership actions (provision/membership.py), against a scripted
-cluster: which commands run on which node, in which order, and how failures read.
-Real clusters: tests/lab/test_cluster.py."""
+"""Membership steps (provision/run/steps/membership.py) applying a plan's actions,
+against a scripted cluster: which commands and plays run on which node, in which
+order, and how failures read. Real clusters: tests/lab/test_cluster.py."""
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
 from test_planner import cluster, inventory_text, member_id
 
-from provision import membership, planner
 from provision.errors import StageFailed
-from provision.inventory import load_inventory
+from provision.executors import ssh
+from provision.inventory import Inventory, Node, Problem
+from provision.plan import membership as planner
+from provision.providers.base import (
+    Capability,
+    Machine,
+    MachineState,
+    NodeSay,
+    Provider,
+    SSHEndpoint,
+)
+from provision.providers.registry import Providers
+from provision.report import RunRecord, Tee
+from provision.run import plays
+from provision.run.context import ClusterContext, Options, RunContext
+from provision.run.step import run_steps
+from provision.run.steps import membership
+from provision.run.steps.membership import after_stages, before_stages
 
 
-class FakeProvider:
+class FakeProvider(Provider):
+    """Machines by name (unit tier only): what a provider holds, and what it released."""
+
+    name = "local"
+    capabilities = frozenset({Capability.CREATE})
+
     def __init__(self, known: dict[str, str]) -> None:
         self.known = known
         self.released: list[str] = []
 
-    def known_machines(self, inv):
-        return dict(self.known)
+    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
+        return []
 
-    def observe(self, inv, nodes):
-        names = [n if isinstance(n, str) else n.name for n in nodes]
-        return {n: "running" if n in self.known else "missing" for n in names}
+    def ensure(self, inv: Inventory, nodes: Sequence[Node], say: NodeSay) -> set[str]:
+        return set()
 
-    def destroy(self, inv, nodes):
-        for n in nodes:
-            name = n if isinstance(n, str) else n.name
+    def machines(self, inv: Inventory) -> dict[str, Machine]:
+        return {n: Machine(n, a, self.name) for n, a in self.known.items()}
+
+    def observe(self, inv: Inventory, names: Sequence[str]) -> dict[str, MachineState]:
+        return {n: MachineState.RUNNING if n in self.known else MachineState.MISSING
+                for n in names}
+
+    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
+        for name in names:
             self.released.append(name)
             self.known.pop(name, None)
 
+    def ssh_endpoint(self, inv: Inventory, name: str, address: str) -> SSHEndpoint:
+        return SSHEndpoint(address)
 
-class Recorder:
-    """Stands in for the progress view and the run record."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.lines: list[str] = []
-        self.log = tmp / "run.log"
+class FakeProviders(Providers):
+    def __init__(self, inv: Inventory, provider: FakeProvider) -> None:
+        super().__init__(inv)
+        self.fake = provider
 
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def log_line(self, text: str) -> None:
-        self.lines.append(text)
+    def get(self, name: str) -> Provider:
+        return self.fake
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    """inventory (cps, workers) + machines; ssh.run_on_node scripted by ``answers``."""
-    def make(cps=("cp-1", "cp-2", "cp-3"), workers=2, machines=(), answers=None):
+    """inventory (cps, workers) + machines; SSH scripted by ``answers``; plays recorded."""
+    def make(cps=("cp-1", "cp-2", "cp-3"), workers=2, machines=(), answers=None,
+             force_drain=False):
+        monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
         path = tmp_path / "inventory.yaml"
         path.write_text(inventory_text(cps=cps, workers=workers))
-        inv = load_inventory(path)
-        known = {n.name: str(n.address) for n in inv.nodes}
+        base = ClusterContext.open(path, Options(force_drain=force_drain))
+        known = {n.name: n.address for n in base.inventory.nodes}
         known.update({m: f"10.250.0.{90 + i}" for i, m in enumerate(machines)})
         provider = FakeProvider(known)
+        base.providers = FakeProviders(base.inventory, provider)
+        base.ssh.providers = base.providers
         calls: list[tuple[str, str]] = []
+        played: list[SimpleNamespace] = []
 
         def run_on_node(paths, node, script, timeout=60):
             calls.append((node, script))
@@ -68,18 +97,18 @@ def world(tmp_path, monkeypatch):
                     return subprocess.CompletedProcess([], rc, "", f"{needle} said no")
             return subprocess.CompletedProcess([], 0, "", "")
 
-        resets: list[list[str]] = []
-        monkeypatch.setattr(membership.ssh, "run_on_node", run_on_node)
-        monkeypatch.setattr(membership.ssh, "close_masters", lambda *a: None)
-        monkeypatch.setattr(membership.playbooks, "reset_hosts",
-                            lambda engine, names, extra=None: resets.append(list(names)))
+        def run_plays(ctx, name, plays_, extra_hosts=None):
+            played.append(SimpleNamespace(name=name, plays=plays_, extra=extra_hosts or {}))
+
+        monkeypatch.setattr(ssh, "run_on_node", run_on_node)
+        monkeypatch.setattr(ssh, "close_masters", lambda *a: None)
+        monkeypatch.setattr(ssh, "write_ssh_config", lambda *a, **k: None)
+        monkeypatch.setattr(plays, "run_plays", run_plays)
         monkeypatch.setattr(membership.time, "sleep", lambda s: None)
-        record = Recorder(tmp_path)
-        fake_cluster = SimpleNamespace(inv=inv, paths=SimpleNamespace(),
-                                       provider=lambda name: provider)
-        engine = SimpleNamespace(progress=record, record=record)
-        return SimpleNamespace(inv=inv, provider=provider, calls=calls, resets=resets,
-                               cluster=fake_cluster, engine=engine, record=record)
+        record = RunRecord(tmp_path / "runs", "up", cluster=base.inventory.name)
+        ctx = RunContext.start(base, record, Tee(record))
+        return SimpleNamespace(inv=base.inventory, provider=provider, calls=calls,
+                               played=played, ctx=ctx, record=record)
     return make
 
 
@@ -87,10 +116,27 @@ def scripts(w, node=None):
     return [s for n, s in w.calls if node in (None, n) and s != "true"]
 
 
+def resets(w):
+    return [p.plays[0]["hosts"].split(",") for p in w.played if p.name == "reset"]
+
+
+def member_removals(w):
+    """(host asked, member id, endpoints asked) of every etcd member removal play."""
+    out = []
+    for p in w.played:
+        for play in p.plays:
+            tasks = play.get("tasks", [])
+            if any(t.get("ansible.builtin.include_role", {}).get("tasks_from")
+                   == "remove_member" for t in tasks):
+                out.append((play["hosts"], play["vars"]["etcd_remove_member_id"],
+                            play["vars"]["etcd_remove_endpoints"]))
+    return out
+
+
 def test_machines_of_removed_nodes_are_orphans(world):
     w = world(workers=1, machines=("worker-2", "worker-3"))
-    assert set(membership.orphans(w.cluster)) == {"worker-2", "worker-3"}
-    assert membership.cluster_machines(w.cluster)["worker-3"].address == "10.250.0.91"
+    assert set(w.ctx.providers.orphans()) == {"worker-2", "worker-3"}
+    assert w.ctx.ssh.machines()["worker-3"].address == "10.250.0.91"
 
 
 def test_scale_in_drains_deletes_resets_and_releases_highest_first(world):
@@ -98,21 +144,25 @@ def test_scale_in_drains_deletes_resets_and_releases_highest_first(world):
     plan = planner.plan_changes(w.inv, cluster(workers=("worker-1", "worker-2", "worker-3")))
     assert plan.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-3"),
                             (planner.DRAIN_AND_REMOVE_WORKER, "worker-2")]
-    m = membership.Membership(w.cluster, w.engine)
-    assert m.before_pipeline(plan) == []
-    assert m.after_pipeline(plan) == ["worker-3", "worker-2"]
+    assert before_stages(plan) == []
+    steps = after_stages(plan)
+    # plan shows what apply does: the planner's own list of steps per action
+    assert [c.action for c in steps[0].plan(w.ctx)][:3] == [
+        "cordon", "drain (respects PodDisruptionBudgets)", "kubectl delete node"]
+    outcomes = run_steps(w.ctx, steps)
+    assert [o.changed for o in outcomes] == [["worker-3"], ["worker-2"]]
     drains = [s for s in scripts(w, "cp-1") if "drain" in s]
     assert ["drain worker-3" in drains[0], "drain worker-2" in drains[1]] == [True, True]
     assert "--disable-eviction" not in drains[0] and "--timeout=300s" in drains[0]
     assert "delete node worker-3 --ignore-not-found" in drains[0]
-    assert w.resets == [["worker-3"], ["worker-2"]]
+    assert resets(w) == [["worker-3"], ["worker-2"]]
     assert w.provider.released == ["worker-3", "worker-2"]
 
 
 def test_force_drain_skips_the_eviction_api(world):
-    w = world(workers=1, machines=("worker-2",))
+    w = world(workers=1, machines=("worker-2",), force_drain=True)
     plan = planner.plan_changes(w.inv, cluster(workers=("worker-1", "worker-2")))
-    membership.Membership(w.cluster, w.engine, force_drain=True).after_pipeline(plan)
+    run_steps(w.ctx, after_stages(plan))
     assert any("drain worker-2" in s and "--disable-eviction --force" in s for s in scripts(w))
 
 
@@ -120,8 +170,8 @@ def test_a_failed_drain_names_the_node_and_the_way_out(world):
     w = world(workers=1, machines=("worker-2",), answers={"drain worker-2": 1})
     plan = planner.plan_changes(w.inv, cluster(workers=("worker-1", "worker-2")))
     with pytest.raises(StageFailed) as err:
-        membership.Membership(w.cluster, w.engine).after_pipeline(plan)
-    assert err.value.node == "worker-2" and err.value.stage == "membership"
+        run_steps(w.ctx, after_stages(plan))
+    assert err.value.node == "worker-2" and err.value.stage == "drain-and-remove-worker"
     assert "--force-drain" in err.value.what and "said no" in err.value.what
     assert w.provider.released == []  # nothing released after a failed drain
 
@@ -129,21 +179,25 @@ def test_a_failed_drain_names_the_node_and_the_way_out(world):
 def test_replace_moves_the_vip_first_and_removes_the_member_after(world):
     w = world(cps=("cp-1", "cp-2", "cp-4"), workers=2, machines=("cp-3",))
     plan = planner.plan_changes(w.inv, cluster(vip="cp-3"))
-    m = membership.Membership(w.cluster, w.engine)
-    assert m.before_pipeline(plan) == ["cp-3"]
+    before = before_stages(plan)
+    assert [(s.name, s.nodes(w.ctx)) for s in before] == [("move-vip", ["cp-3"])]
+    run_steps(w.ctx, before)
     assert scripts(w)[0] == "systemctl disable --now keepalived"
     assert "grep -qwF 10.250.0.10" in scripts(w)[1]  # another node answers on the VIP
     w.calls.clear()
-    assert m.after_pipeline(plan) == ["cp-3"]
+    after = after_stages(plan)
+    assert [(s.name, s.nodes(w.ctx)) for s in after] == [("remove-control-plane", ["cp-3"])]
+    run_steps(w.ctx, after)
     done = scripts(w)
-    order = [next(i for i, s in enumerate(done) if needle in s)
-             for needle in ("keepalived", "drain cp-3", "member remove")]
-    assert order == sorted(order)
-    remove = next(s for s in done if "member remove" in s)
-    assert "endpoint health" in remove.split("member remove")[0]  # others healthy first
-    assert f"grep -q ^{member_id('cp-3')}," in remove  # already gone is fine
-    assert "10.250.0.13" not in remove  # asks the members that stay
-    assert w.resets == [["cp-3"]] and w.provider.released == ["cp-3"]
+    assert done.index("systemctl disable --now keepalived") < next(
+        i for i, s in enumerate(done) if "drain cp-3" in s)
+    # the member leaves through roles/etcd remove_member.yml, asked of a member that
+    # stays, with the endpoints of the members that stay
+    (asker, mid, endpoints), = member_removals(w)
+    assert asker == "cp-1" and mid == member_id("cp-3")
+    assert endpoints == ["https://10.250.0.11:2379", "https://10.250.0.12:2379",
+                         "https://10.250.0.14:2379"]
+    assert resets(w) == [["cp-3"]] and w.provider.released == ["cp-3"]
 
 
 def test_vip_that_moves_nowhere_fails_with_the_node_and_what_to_check(world, monkeypatch):
@@ -152,7 +206,7 @@ def test_vip_that_moves_nowhere_fails_with_the_node_and_what_to_check(world, mon
     monkeypatch.setattr(membership.time, "monotonic", lambda: next(ticks))
     plan = planner.plan_changes(w.inv, cluster(vip="cp-3"))
     with pytest.raises(StageFailed, match="took the API virtual IP") as err:
-        membership.Membership(w.cluster, w.engine).before_pipeline(plan)
+        run_steps(w.ctx, before_stages(plan))
     assert err.value.node == "cp-3" and "journalctl -u keepalived" in err.value.what
 
 
@@ -165,8 +219,12 @@ def test_a_lost_member_leaves_and_the_old_node_object_goes_before_the_stages(wor
     plan = planner.plan_changes(w.inv, obs)
     assert plan.kinds()[:2] == [(planner.REMOVE_ETCD_MEMBER, "cp-2"),
                                 (planner.REPLACE_NODE, "cp-2")]
-    m = membership.Membership(w.cluster, w.engine)
-    assert m.before_pipeline(plan) == ["cp-2"]
-    done = scripts(w)
-    assert "member remove" in done[0] and "delete node cp-2 --ignore-not-found" in done[1]
-    assert m.after_pipeline(plan) == []
+    before = before_stages(plan)
+    assert [s.name for s in before] == ["remove-etcd-member", "replace-node"]
+    run_steps(w.ctx, before)
+    (asker, mid, endpoints), = member_removals(w)
+    assert asker == "cp-1" and mid == member_id("cp-2")
+    assert "https://10.250.0.12:2379" not in endpoints
+    assert "delete node cp-2 --ignore-not-found" in scripts(w)[0]
+    assert w.provider.released == []  # its machine was gone already
+    assert after_stages(plan) == []

@@ -64,18 +64,16 @@ def test_targets_node():
 def _hashes(tmp_path, workers: int) -> dict[str, str]:
     from test_planner import inventory_text
 
-    from provision.engine import Engine, Hooks
     from provision.inventory import load_inventory
-    from provision.paths import ClusterPaths
+    from provision.run.context import ClusterContext
+    from provision.run.steps.stage import stage_hash
 
     path = tmp_path / f"inv-{workers}.yaml"
     path.write_text(inventory_text(workers=workers))
-    inv = load_inventory(path)
-    engine = Engine(inv, ClusterPaths(tmp_path / "state"), None, None,
-                    Hooks(ensure_machines=lambda n: set(), ssh_endpoints=dict))
-    gvars = engine.global_vars(start_services=False)
-    cp1 = inv.node("cp-1")
-    return {s.name: engine.stage_hash(s, cp1, gvars)
+    ctx = ClusterContext.of(load_inventory(path))
+    gvars = ctx.cluster_vars()
+    cp1 = ctx.inventory.node("cp-1")
+    return {s.name: stage_hash(ctx, s, cp1, gvars)
             for s in load_pipeline().stages if not s.provider_action}
 
 
@@ -99,29 +97,62 @@ def test_every_role_a_stage_runs_enters_its_hash():
     assert load_pipeline().stage("workers").role_names == ("kubelet", "worker")
 
 
-def test_a_change_to_a_prepared_role_changes_the_stage_hash(tmp_path):
+def test_a_change_to_a_prepared_role_changes_the_stage_hash(tmp_path, monkeypatch):
     import shutil
 
     from test_planner import inventory_text
 
-    from provision.engine import Engine, Hooks
-    from provision.inventory import load_inventory
-    from provision.paths import ClusterPaths, data_dir
+    from provision.paths import data_dir
+    from provision.run.context import ClusterContext
+    from provision.run.steps.stage import stage_hash
 
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
     roles = tmp_path / "roles"
     shutil.copytree(data_dir("roles"), roles)
     path = tmp_path / "inv.yaml"
     path.write_text(inventory_text(workers=1))
-    inv = load_inventory(path)
+    ctx = ClusterContext.open(path)
+    ctx.roles_dir = roles
 
     def cp_hash() -> str:
-        engine = Engine(inv, ClusterPaths(tmp_path / "state"), None, None,
-                        Hooks(ensure_machines=lambda n: set(), ssh_endpoints=dict),
-                        roles_dir=roles)
-        return engine.stage_hash(load_pipeline().stage("control-plane"), inv.node("cp-1"),
-                                 engine.global_vars(start_services=False))
+        return stage_hash(ctx, load_pipeline().stage("control-plane"),
+                          ctx.inventory.node("cp-1"), ctx.cluster_vars())
 
     before = cp_hash()
     with (roles / "kubelet" / "defaults" / "main.yml").open("a") as f:
         f.write("kubelet_extra: 1\n")
     assert cp_hash() != before
+
+
+def test_a_role_a_stage_depends_on_enters_its_hash(tmp_path, monkeypatch):
+    """meta/main.yml dependencies are part of what a stage runs: a change to a shared
+    role re-converges every stage whose roles depend on it."""
+    import shutil
+
+    from test_planner import inventory_text
+
+    from provision.paths import data_dir
+    from provision.run.context import ClusterContext
+    from provision.run.steps.stage import role_closure, stage_hash
+
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    roles = tmp_path / "roles"
+    shutil.copytree(data_dir("roles"), roles)
+    shared = roles / "shared_lib" / "defaults"
+    shared.mkdir(parents=True)
+    (shared / "main.yml").write_text("shared_value: 1\n")
+    (roles / "hosts_file" / "meta" / "main.yml").write_text(
+        "dependencies: [{role: shared_lib}]\n")
+    assert role_closure(roles, ["hosts_file"]) == ["hosts_file", "shared_lib"]
+    path = tmp_path / "inv.yaml"
+    path.write_text(inventory_text(workers=1))
+    ctx = ClusterContext.open(path)
+    ctx.roles_dir = roles
+
+    def hosts_hash() -> str:
+        return stage_hash(ctx, load_pipeline().stage("hosts"), ctx.inventory.node("cp-1"),
+                          ctx.cluster_vars())
+
+    before = hosts_hash()
+    (shared / "main.yml").write_text("shared_value: 2\n")
+    assert hosts_hash() != before

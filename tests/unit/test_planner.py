@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from provision.inventory import Inventory, check_inventory, expand_nodes, load_inventory
-from provision.observe_cluster import (
+from provision.observe.membership import (
     EtcdMember,
     K8sNode,
     Observed,
@@ -21,13 +21,13 @@ from provision.observe_cluster import (
     backend_nodes,
     etcd_members,
     etcdctl_script,
-    observe_cluster,
+    observe_membership,
     parse_etcd_endpoint_health,
     parse_etcd_member_list,
     parse_haproxy_servers,
     parse_kubectl_nodes,
 )
-from provision.planner import (
+from provision.plan.membership import (
     ADD_ETCD_MEMBER,
     CREATE_MACHINE,
     DRAIN_AND_REMOVE_WORKER,
@@ -40,7 +40,7 @@ from provision.planner import (
     REPLACE_NODE,
     START_MACHINE,
     UPDATE_LOAD_BALANCER,
-    Plan,
+    MembershipPlan,
     natural_key,
     plan_changes,
     quorum,
@@ -131,11 +131,11 @@ def cluster(cps=("cp-1", "cp-2", "cp-3"), workers=("worker-1", "worker-2"), etcd
     return obs
 
 
-def kinds(plan: Plan) -> list[tuple[str, str]]:
+def kinds(plan: MembershipPlan) -> list[tuple[str, str]]:
     return plan.kinds()
 
 
-def action(plan: Plan, kind: str, node: str):
+def action(plan: MembershipPlan, kind: str, node: str):
     return next(a for a in plan.actions if a.kind == kind and a.node == node)
 
 
@@ -251,7 +251,7 @@ def test_parse_kubectl_nodes():
 
 
 def test_parse_kubectl_nodes_rejects_garbage():
-    from provision.observe_cluster import ObservationError
+    from provision.observe.membership import ObservationError
     with pytest.raises(ObservationError, match="not JSON"):
         parse_kubectl_nodes("error: the server doesn't have a resource type")
     with pytest.raises(ObservationError, match="items"):
@@ -260,9 +260,9 @@ def test_parse_kubectl_nodes_rejects_garbage():
 
 def test_parse_etcd_member_list_and_health():
     raw = parse_etcd_member_list(ETCD_MEMBER_LIST)
-    assert [m["member_id"] for m in raw] == ["8211f1d0f64f3269", "91bc3c398fb3c146",
+    assert [m.member_id for m in raw] == ["8211f1d0f64f3269", "91bc3c398fb3c146",
                                              "fd422379fda50e48"]
-    assert raw[2]["name"] == "" and raw[2]["client_urls"] == []
+    assert raw[2].name == "" and raw[2].client_urls == ()
     health = parse_etcd_endpoint_health(ETCD_HEALTH)
     assert health == {"https://10.250.0.11:2379": True, "https://10.250.0.12:2379": False}
     members = etcd_members(raw, health, {"10.250.0.14": "cp-4"})
@@ -330,7 +330,7 @@ def test_observe_cluster_with_a_fake_runner(inv):
 
     machines = {"cp-1": "running", "cp-2": "running", "cp-3": "running",
                 "worker-1": "stopped"}
-    obs = observe_cluster(i, machines, run)
+    obs = observe_membership(i, machines, run)
     assert obs.reachable == {"cp-1", "cp-2"}
     assert obs.vip_holder == "cp-2"
     assert obs.api_server_manifests == {"cp-1"}
@@ -353,7 +353,7 @@ def test_observe_cluster_with_a_fake_runner(inv):
             return subprocess.CompletedProcess([], 0, kubectl, "")
         return run(node, script)
 
-    removed = observe_cluster(i, machines, run_removed)
+    removed = observe_membership(i, machines, run_removed)
     assert "worker-9" in calls and "worker-9" in removed.reachable
 
 
@@ -365,9 +365,9 @@ def test_observe_cluster_before_anything_is_built(inv):
             return subprocess.CompletedProcess([], 0, "@@reachable\n@@vip\n", "")
         return subprocess.CompletedProcess([], 0, "@@absent\n", "")
 
-    obs = observe_cluster(i, {"cp-1": "running", "cp-2": "running", "cp-3": "running"}, run)
+    obs = observe_membership(i, {"cp-1": "running", "cp-2": "running", "cp-3": "running"}, run)
     assert obs.k8s_known and obs.etcd_known and not obs.k8s_nodes and not obs.etcd_members
-    none = observe_cluster(i, {}, run)
+    none = observe_membership(i, {}, run)
     assert none.k8s_known and none.etcd_known and not none.reachable
 
 
@@ -386,7 +386,7 @@ def test_observe_cluster_joined_nodes_make_an_empty_answer_unknown(inv):
         assert node == "worker-1"
         return subprocess.CompletedProcess([], 0, "@@reachable\n@@joined\n@@vip\n", "")
 
-    obs = observe_cluster(i, {"worker-1": "running"}, run)
+    obs = observe_membership(i, {"worker-1": "running"}, run)
     assert not obs.k8s_known and not obs.etcd_known
     assert "worker-1 joined a cluster, but no control-plane node of the inventory answers " \
         "for it" in obs.problems
@@ -403,7 +403,7 @@ def test_observe_cluster_kubectl_failing_everywhere_is_unknown(inv):
             return subprocess.CompletedProcess([], 0, "@@reachable\n", "")
         return subprocess.CompletedProcess([], 1, "", "connection refused")
 
-    obs = observe_cluster(i, dict.fromkeys(["cp-1", "cp-2", "cp-3"], "running"), run)
+    obs = observe_membership(i, dict.fromkeys(["cp-1", "cp-2", "cp-3"], "running"), run)
     assert not obs.k8s_known and not obs.etcd_known
     assert any("kubectl get nodes on cp-1 failed: connection refused" in p
                for p in obs.problems)
@@ -911,7 +911,7 @@ def test_observed_to_json_round_trips_through_json():
 
 
 def test_docs_describe_every_action_kind():
-    from provision.planner import KINDS
+    from provision.plan.membership import KINDS
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     for kind in KINDS:
         assert f"`{kind}`" in text, kind
@@ -986,9 +986,8 @@ def test_moving_etcd_to_dedicated_in_place_is_refused(inv):
                                        "control-plane nodes cp-1, cp-2, cp-3")
 
 
-def test_ssh_runner_uses_the_cluster_ssh_config(tmp_path, monkeypatch):
-    from provision.observe_cluster import ssh_runner
-    from provision.paths import ClusterPaths
+def test_observation_runs_over_the_cluster_ssh_config(tmp_path, monkeypatch):
+    from provision.run.context import ClusterContext
 
     seen = {}
 
@@ -996,11 +995,14 @@ def test_ssh_runner_uses_the_cluster_ssh_config(tmp_path, monkeypatch):
         seen["argv"], seen["timeout"] = argv, kw["timeout"]
         return subprocess.CompletedProcess(argv, 0, "@@reachable\n", "")
 
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path))
+    path = tmp_path / "inv.yaml"
+    path.write_text(inventory_text())
+    ctx = ClusterContext.open(path)
     monkeypatch.setattr(subprocess, "run", fake_run)
-    paths = ClusterPaths(tmp_path / "clusters" / "t")
-    proc = ssh_runner(paths, timeout=7)("cp-1", "true")
+    proc = ctx.ssh.runner(timeout=7)("cp-1", "true")
     assert proc.returncode == 0
-    assert seen["argv"] == ["ssh", "-F", str(paths.ssh_config), "cp-1", "true"]
+    assert seen["argv"] == ["ssh", "-F", str(ctx.paths.ssh_config), "cp-1", "true"]
     assert seen["timeout"] == 7
 
 

@@ -8,7 +8,7 @@ import re
 import threading
 from pathlib import Path
 
-from provision.report import LiveProgress, PlainProgress, RunRecord, Tee, make_progress
+from provision.report import LiveProgress, PlainProgress, RunRecord, Tee, make_view
 
 T0 = 1795428000.0  # 2026-11-23T10:00:00Z
 
@@ -50,10 +50,10 @@ def test_plain_lines() -> None:
     ]
 
 
-def test_make_progress_picks_by_terminal() -> None:
-    assert isinstance(make_progress(io.StringIO()), PlainProgress)
+def test_make_view_picks_by_terminal() -> None:
+    assert isinstance(make_view(io.StringIO()), PlainProgress)
     tty = FakeTTY()
-    live = make_progress(tty)
+    live = make_view(tty)
     assert isinstance(live, LiveProgress)
     live.stage_started("etcd", ["cp-1", "cp-2"])
     live.node_state("etcd", "cp-1", "running", "etcd : start")

@@ -3,11 +3,12 @@
 The provisioner serves the artifact set (nginx for the apt repository and files,
 docker-registry for images) inside the cluster network, for as long as the cluster
 exists: a kubelet may pull an image long after ``up`` finished (a pod rescheduled to
-another node). The mirror is therefore a detached service the provider runs next to
-its machines (for lab machines: inside the lab namespace, on the gateway address),
-stopped when the cluster is destroyed. Both artifact sources need it: online mode
-(``artifacts.source: upstream``) serves the official kubeadm, kubelet and kubectl and
-only the images no upstream registry has (docs/artifacts.md).
+another node). The mirror is therefore a detached service that a provider able to
+host services (``Capability.SERVICES``) runs next to its machines (for lab machines:
+inside the lab namespace, on the gateway address), stopped when the cluster is
+destroyed. Both artifact sources need it: online mode (``artifacts.source:
+upstream``) serves the official kubeadm, kubelet and kubectl and only the images no
+upstream registry has (docs/artifacts.md).
 """
 
 from __future__ import annotations
@@ -17,52 +18,59 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from provision.errors import ProvisionError
+from provision.artifacts import build
+from provision.artifacts.locks import lock_path
+from provision.artifacts.oci import split_reference
+from provision.artifacts.serve import in_netns
+from provision.errors import BadInput, ProvisionError
+from provision.inventory import Inventory
+from provision.paths import ClusterPaths
+from provision.providers.registry import Providers
 
 HTTP_PORT = 8080
 REGISTRY_PORT = 5000
-READY_LINE = "serving:"
+SERVICE = "artifacts"  # the service's name beside the machines (providers/services.py)
 
 
-def addresses(inv: Any) -> dict[str, str]:
+def addresses(inv: Inventory) -> dict[str, str]:
+    """Where the nodes reach the mirror: the gateway of the node subnet."""
     gateway = str(inv.network.gateway)
     return {"mirror_url": f"http://{gateway}:{HTTP_PORT}",
             "registry": f"{gateway}:{REGISTRY_PORT}"}
 
 
-def artifact_versions(inv: Any) -> dict[str, str]:
+def artifact_versions(inv: Inventory) -> dict[str, str]:
     """What the stage hash knows of the artifacts: the lock file's digest."""
-    from provision.artifacts.locks import lock_path
-
     lock = lock_path(inv.kubernetes.version)
     digest = hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "unlocked"
     return {"kubernetes": inv.kubernetes.version, "lock": digest}
 
 
-def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
-                  timeout: float = 600) -> dict[str, str]:
+def ensure(inv: Inventory, paths: ClusterPaths, providers: Providers,
+           timeout: float = 600) -> dict[str, str]:
     """Start the mirror beside the machines (idempotent) and wait until it serves."""
-    from provision.artifacts import build
-
+    host = providers.service_host()
+    if host is None:
+        raise BadInput(no_service_host(inv))
     # Built (or found in the cache) before anything starts, so that a build error is
     # reported as itself and not as a mirror that never came up.
     source = inv.artifacts.source
     aset = build(inv.kubernetes.version, source=source)
     urls = addresses(inv)
-    gateway = str(inv.network.gateway)
-    pid = provider.spawn_in_lab(inv, "artifacts", [
-        sys.executable, "-m", "provision.artifacts.serve", "--address", gateway,
+    pid = host.spawn_service(inv, SERVICE, [
+        sys.executable, "-m", "provision.artifacts.serve",
+        "--address", str(inv.network.gateway),
         "--version", inv.kubernetes.version, "--source", source,
         "--http-port", str(HTTP_PORT), "--registry-port", str(REGISTRY_PORT),
         # every lab cluster serves on its own gateway address, often the same one
         "--name", f"cluster-{inv.name}",
     ])
-    service_log = provider.paths(inv).machines_dir / "service-artifacts.log"
+    service_log = paths.machines_dir / f"service-{SERVICE}.log"
+    netns = host.service_netns(inv)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _serving(inv, urls, max(aset.images)):
+        if _serving(netns, urls, max(aset.images)):
             return urls
         if not Path(f"/proc/{pid}").exists():
             tail = service_log.read_text(errors="replace")[-2000:] if service_log.exists() else ""
@@ -73,13 +81,15 @@ def ensure_mirror(inv: Any, provider: Any, log: Path | None = None,
                          f"log: {service_log}")
 
 
-def _serving(inv: Any, urls: dict[str, str], last_image: str) -> bool:
+def no_service_host(inv: Inventory) -> str:
+    return (f"{inv.source_path}: no provider of this cluster can run the artifact mirror "
+            "the nodes install from (with either artifacts.source); put one node of the "
+            "local provider (or of a local libvirt) in the cluster")
+
+
+def _serving(netns: str | None, urls: dict[str, str], last_image: str) -> bool:
     """Both servers answer and the registry lists the image the server pushes last
     (it pushes in sorted order): every image is there."""
-    from provision.artifacts.oci import split_reference
-    from provision.artifacts.serve import in_netns
-    from provision.providers.local import lab_netns
-
     repository = split_reference(last_image)[0].encode()
 
     def probe() -> bool:
@@ -92,4 +102,8 @@ def _serving(inv: Any, urls: dict[str, str], last_image: str) -> bool:
         except OSError:
             return False
 
-    return in_netns(lab_netns(inv.name), probe)
+    return in_netns(netns, probe)
+
+
+__all__ = ["HTTP_PORT", "REGISTRY_PORT", "addresses", "artifact_versions", "ensure",
+           "no_service_host"]

@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
 
-from provision.observe_cluster import UNSTARTED_PREFIX, Observed
+from provision.inventory import Inventory
+from provision.observe.membership import UNSTARTED_PREFIX, Observed
+from provision.observe.transport import Json
 
 CREATE_MACHINE = "create-machine"
 START_MACHINE = "start-machine"
@@ -75,15 +77,26 @@ class Action:
     kind: str
     node: str
     reason: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Json = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def flag(self, key: str) -> bool:
+        return bool(self.details.get(key))
+
+    def text(self, key: str) -> str | None:
+        value = self.details.get(key)
+        return value if isinstance(value, str) else None
+
+    def lines(self, key: str) -> list[str]:
+        value = self.details.get(key)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def to_json(self) -> Json:
         return {"kind": self.kind, "node": self.node, "reason": self.reason,
                 "details": self.details}
 
 
 @dataclass
-class Plan:
+class MembershipPlan:
     """Ordered actions. With any refusal, ``up`` must change nothing (``ok`` False);
     the actions are still listed so the operator sees what the edit meant."""
 
@@ -105,7 +118,7 @@ class Plan:
         """(kind, node) pairs: the shape tests and summaries compare."""
         return [(a.kind, a.node) for a in self.actions]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Json:
         return {"ok": self.ok, "force": self.force, "fresh": self.fresh,
                 "actions": [a.to_json() for a in self.actions],
                 "refusals": list(self.refusals), "warnings": list(self.warnings)}
@@ -133,7 +146,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def natural_key(name: str) -> tuple[Any, ...]:
+def natural_key(name: str) -> tuple[int | str, ...]:
     """worker-2 < worker-10."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
@@ -142,7 +155,7 @@ def quorum(members: int) -> int:
     return members // 2 + 1
 
 
-def _names(names: Any) -> str:
+def _names(names: Iterable[str]) -> str:
     return ", ".join(sorted(names, key=natural_key)) or "none"
 
 
@@ -196,17 +209,17 @@ class _Etcd:
         return None
 
 
-def plan_changes(inv: Any, observed: Observed, *, force: bool = False) -> Plan:
+def plan_changes(inv: Inventory, observed: Observed, *, force: bool = False) -> MembershipPlan:
     """What to change so the cluster matches ``inv``, in a safe order."""
     return _Planner(inv, observed, force).plan()
 
 
 class _Planner:
-    def __init__(self, inv: Any, obs: Observed, force: bool) -> None:
+    def __init__(self, inv: Inventory, obs: Observed, force: bool) -> None:
         self.inv = inv
         self.obs = obs
         self.force = force
-        self.plan_ = Plan(force=force, warnings=list(obs.problems))
+        self.plan_ = MembershipPlan(force=force, warnings=list(obs.problems))
         self.desired = {n.name: n for n in inv.nodes}
         self.order = [n.name for n in inv.nodes]
         self.dedicated = inv.etcd.placement == "dedicated"
@@ -226,7 +239,7 @@ class _Planner:
 
     # --- helpers ------------------------------------------------------------------
 
-    def act(self, kind: str, node: str, reason: str, **details: Any) -> None:
+    def act(self, kind: str, node: str, reason: str, **details: object) -> None:
         # Say how the etcd membership moves with this action (the table's reader
         # checks the quorum math at a glance).
         moves = self.etcd.moves[self.moves_seen:]
@@ -264,7 +277,7 @@ class _Planner:
 
     # --- the plan -----------------------------------------------------------------
 
-    def plan(self) -> Plan:
+    def plan(self) -> MembershipPlan:
         obs = self.obs
         if not obs.k8s_known or not obs.etcd_known:
             return self.unknown()
@@ -295,7 +308,7 @@ class _Planner:
                 f" ({len(self.order)} nodes running, joined and Ready)"))
         return self.plan_
 
-    def unknown(self) -> Plan:
+    def unknown(self) -> MembershipPlan:
         """Membership could not be observed: only machine actions, or a refusal."""
         self.machines(membership_known=False)
         what = [w for w, known in (("Kubernetes nodes", self.obs.k8s_known),
@@ -585,7 +598,7 @@ class _Planner:
                      "a machine of a node no longer in the inventory (never joined)",
                      **self.reach(name))
 
-    def reach(self, name: str) -> dict[str, Any]:
+    def reach(self, name: str) -> Json:
         return {"reachable": name in self.obs.reachable,
                 "machine": self.obs.machines.get(name, "unknown")}
 
@@ -662,5 +675,5 @@ class _Planner:
                 "--force to accept a single-member etcd")
 
 
-__all__ = ["KINDS", "MEMBERSHIP_KINDS", "REMOVAL_KINDS", "Action", "Plan", "natural_key",
+__all__ = ["KINDS", "MEMBERSHIP_KINDS", "REMOVAL_KINDS", "Action", "MembershipPlan", "natural_key",
            "plan_changes", "quorum"]

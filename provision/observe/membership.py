@@ -1,13 +1,14 @@
-"""What the running cluster says about its own membership, for the reconcile planner.
+"""What the running cluster says about its own membership, for the membership planner.
 
 Facts, never changes: Kubernetes nodes (``kubectl get nodes -o json``), etcd members
 and their health (``etcdctl member list`` / ``endpoint health --cluster``), every API
-load balancer's backends (``/etc/haproxy/haproxy.cfg``), who holds the API virtual IP,
+load balancer's backends (haproxy's configuration), who holds the API virtual IP,
 and which nodes answer over SSH. Everything is asked of the cluster itself, so a plan
 never depends on what an earlier run remembers.
 
-The parsers (``parse_*``) are pure and unit-tested; ``observe_cluster`` runs the
-commands over the cluster's one SSH configuration.
+The parsers (``parse_*``) are pure and unit-tested; ``observe_membership`` runs the
+commands through a ``Runner`` (the cluster's one SSH transport, provision/run/context.py).
+Paths and ports on the nodes are the roles' own (provision/nodefacts.py).
 """
 
 from __future__ import annotations
@@ -19,32 +20,14 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-# Paths on the nodes, agreed with roles/etcd: the etcd CA and a client certificate
-# every etcd member holds (etcdctl runs on an etcd member).
-ETCD_PKI_DIR = "/etc/etcd/pki"
-ETCD_CA_CERT = f"{ETCD_PKI_DIR}/ca.crt"
-ETCD_CLIENT_CERT = f"{ETCD_PKI_DIR}/operator.crt"  # roles/etcd: the operator client
-ETCD_CLIENT_KEY = f"{ETCD_PKI_DIR}/operator.key"
-ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
-# Agreed with roles/control_plane (kubeadm's default) and roles/api_lb: haproxy server
-# lines are named after the node (`server cp-1 10.250.0.11:6443 check`); an unknown
-# name is mapped back to a node through its address.
-ADMIN_KUBECONFIG = "/etc/kubernetes/admin.conf"
-KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"  # present once a node has joined
-HAPROXY_CONFIG = "/etc/haproxy/haproxy.cfg"
-# written by kubeadm init/join --control-plane before the kubelet registers the Node
-API_SERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
-HAPROXY_API_BACKEND = "kube-apiserver"
+from provision import nodefacts
+from provision.inventory import Inventory, Node
+from provision.observe.transport import Json, Runner
 
-MACHINE_STATES = ("running", "stopped", "missing")
 UNSTARTED_PREFIX = "unstarted:"  # key of an added-but-never-started etcd member
-
-# run(node, script) -> CompletedProcess; executors.ssh.run_on_node bound to the paths.
-Runner = Callable[[str, str], "subprocess.CompletedProcess[str]"]
 
 
 class ObservationError(ValueError):
@@ -113,7 +96,7 @@ class Observed:
     etcd_known: bool = True
     problems: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Json:
         return {
             "machines": dict(sorted(self.machines.items())),
             "k8s_nodes": {k: {"ready": v.ready, "roles": sorted(v.roles),
@@ -136,7 +119,7 @@ class Observed:
 # --- pure parsers -----------------------------------------------------------------
 
 
-def _load_json(text: str, what: str) -> Any:
+def _load_json(text: str, what: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -174,7 +157,18 @@ def parse_kubectl_nodes(text: str) -> dict[str, K8sNode]:
     return out
 
 
-def parse_etcd_member_list(text: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RawMember:
+    """One entry of ``etcdctl member list``, before it is joined with health."""
+
+    member_id: str  # hex
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+
+def parse_etcd_member_list(text: str) -> list[RawMember]:
     """``etcdctl member list -w json`` (v3.4/3.5) -> raw members, IDs as hex strings.
 
     etcdctl prints IDs as decimal uint64 (fields with zero values are omitted: an
@@ -188,13 +182,13 @@ def parse_etcd_member_list(text: str) -> list[dict[str, Any]]:
         raw_id = m.get("ID")
         if not isinstance(raw_id, int):
             raise ObservationError(f"etcdctl member list: member without an integer ID: {m}")
-        members.append({
-            "member_id": format(raw_id, "x"),
-            "name": m.get("name", ""),
-            "peer_urls": list(m.get("peerURLs") or []),
-            "client_urls": list(m.get("clientURLs") or []),
-            "is_learner": bool(m.get("isLearner", False)),
-        })
+        members.append(RawMember(
+            member_id=format(raw_id, "x"),
+            name=str(m.get("name", "")),
+            peer_urls=tuple(str(u) for u in m.get("peerURLs") or []),
+            client_urls=tuple(str(u) for u in m.get("clientURLs") or []),
+            is_learner=bool(m.get("isLearner", False)),
+        ))
     return members
 
 
@@ -217,7 +211,7 @@ def parse_etcd_endpoint_health(text: str) -> dict[str, bool]:
 
 
 def etcd_members(
-    member_list: list[dict[str, Any]],
+    member_list: Sequence[RawMember],
     health: Mapping[str, bool],
     address_to_name: Mapping[str, str] | None = None,
 ) -> dict[str, EtcdMember]:
@@ -227,12 +221,12 @@ def etcd_members(
     address_to_name = address_to_name or {}
     out: dict[str, EtcdMember] = {}
     for m in member_list:
-        peer = m["peer_urls"][0] if m["peer_urls"] else ""
-        clients = [u.rstrip("/") for u in m["client_urls"]]
+        peer = m.peer_urls[0] if m.peer_urls else ""
+        clients = [u.rstrip("/") for u in m.client_urls]
         healthy = any(health.get(u, False) for u in clients)
         member = EtcdMember(
-            name=m["name"], peer_url=peer, client_url=clients[0] if clients else "",
-            healthy=healthy, member_id=m["member_id"], is_learner=m["is_learner"],
+            name=m.name, peer_url=peer, client_url=clients[0] if clients else "",
+            healthy=healthy, member_id=m.member_id, is_learner=m.is_learner,
         )
         key = member.name or address_to_name.get(member.peer_host, "")
         out[key or f"{UNSTARTED_PREFIX}{peer}"] = member
@@ -267,9 +261,9 @@ def parse_haproxy_servers(text: str) -> list[HaproxyServer]:
 
 
 def api_servers(servers: Sequence[HaproxyServer]) -> list[HaproxyServer]:
-    """The API backend's servers: the backend named HAPROXY_API_BACKEND when there is
+    """The API backend's servers: the backend named as the roles name it when there is
     one, else every server that is not on loopback (a stats or local service)."""
-    named = [s for s in servers if s.backend == HAPROXY_API_BACKEND]
+    named = [s for s in servers if s.backend == nodefacts.HAPROXY_API_BACKEND]
     if named:
         return named
     return [s for s in servers if not s.address.startswith("127.") and s.address != "::1"
@@ -305,7 +299,8 @@ _PROBE = (
 )
 
 
-def _sections(text: str) -> dict[str, str]:
+def sections(text: str) -> dict[str, str]:
+    """``@@name`` fenced sections of one command's output."""
     out: dict[str, list[str]] = {}
     current = ""
     for line in text.splitlines():
@@ -318,47 +313,32 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def kubectl_script() -> str:
-    return (f"if [ ! -f {ADMIN_KUBECONFIG} ]; then echo @@absent; exit 0; fi; "
-            f"kubectl --kubeconfig {ADMIN_KUBECONFIG} get nodes -o json")
-
-
-def etcdctl(endpoints: Sequence[str], command_timeout: str = "5s") -> str:
-    """etcdctl against ``endpoints`` with the operator client certificate (roles/etcd)."""
-    return (f"ETCDCTL_API=3 etcdctl --endpoints={shlex.quote(','.join(endpoints))} "
-            f"--cacert={ETCD_CA_CERT} --cert={ETCD_CLIENT_CERT} --key={ETCD_CLIENT_KEY} "
-            f"--command-timeout={command_timeout} --dial-timeout=3s")
+    admin = nodefacts.ADMIN_KUBECONFIG
+    return (f"if [ ! -f {admin} ]; then echo @@absent; exit 0; fi; "
+            f"kubectl --kubeconfig {admin} get nodes -o json")
 
 
 def etcdctl_script(endpoints: Sequence[str]) -> str:
-    base = etcdctl(endpoints)
-    return (f"if [ ! -f {ETCD_CLIENT_CERT} ]; then echo @@absent; exit 0; fi; "
+    base = nodefacts.etcdctl(endpoints)
+    return (f"if [ ! -f {nodefacts.ETCD_CLIENT_CERT} ]; then echo @@absent; exit 0; fi; "
             f"echo @@members; {base} member list -w json || exit 1; "
             f"echo @@health; {base} endpoint health --cluster -w json 2>/dev/null; true")
 
 
-def ssh_runner(paths: Any, timeout: float = 30) -> Runner:
-    """``run(node, script)`` over the cluster's SSH configuration."""
-    from provision.executors.ssh import run_on_node
-
-    def run(node: str, script: str) -> subprocess.CompletedProcess[str]:
-        return run_on_node(paths, node, script, timeout=timeout)
-
-    return run
-
-
-def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
-                    parallel: int = 8) -> Observed:
+def observe_membership(inv: Inventory, machines: Mapping[str, str], run: Runner,
+                       parallel: int = 8) -> Observed:
     """Ask the cluster. ``machines``: provider state per node (running|stopped|missing);
-    ``run(node, script)``: e.g. ``lambda n, s: ssh.run_on_node(paths, n, s)``."""
-    obs = Observed(machines={k: str(getattr(v, "value", v)) for k, v in machines.items()})
-    address_to_name = {str(n.address): n.name for n in inv.nodes}
-    cps = {n.name for n in inv.nodes_with_role("control-plane")}
+    ``run(node, script)``: the cluster's SSH transport."""
+    obs = Observed(machines={k: str(v) for k, v in machines.items()})
+    address_to_name = {n.address: n.name for n in inv.nodes}
+    cps = {n.name for n in inv.control_plane_nodes}
     running = [n.name for n in inv.nodes if obs.machines.get(n.name) == "running"]
     vip = str(inv.control_plane.virtual_ip)
 
     def probe(name: str) -> tuple[str, subprocess.CompletedProcess[str] | None, str]:
-        script = _PROBE.format(cfg=HAPROXY_CONFIG, vip=shlex.quote(vip),
-                               kubelet=KUBELET_KUBECONFIG, manifest=API_SERVER_MANIFEST)
+        script = _PROBE.format(cfg=nodefacts.HAPROXY_CONFIG, vip=shlex.quote(vip),
+                               kubelet=nodefacts.KUBELET_KUBECONFIG,
+                               manifest=nodefacts.API_SERVER_MANIFEST)
         try:
             return name, run(name, script), ""
         except (OSError, subprocess.SubprocessError) as exc:
@@ -375,7 +355,7 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
                 obs.problems.append(f"{name}: unreachable over SSH ({detail})")
                 continue
             obs.reachable.add(name)
-            parts = _sections(proc.stdout)
+            parts = sections(proc.stdout)
             if inventory_nodes and name in cps and "haproxy" in parts:
                 obs.lb_backends[name] = backend_nodes(
                     api_servers(parse_haproxy_servers(parts["haproxy"])),
@@ -389,21 +369,21 @@ def observe_cluster(inv: Any, machines: Mapping[str, Any], run: Runner,
 
     probe_all(running, inventory_nodes=True)
 
-    ordered_cps = [n.name for n in inv.nodes_with_role("control-plane")
-                   if n.name in obs.reachable]
+    ordered_cps = [n.name for n in inv.control_plane_nodes if n.name in obs.reachable]
+
     # No machine at all for a role's nodes: nothing to ask, and nothing built yet.
-    def none_exist(nodes: Iterable[Any]) -> bool:
+    def none_exist(nodes: Iterable[Node]) -> bool:
         return all(obs.machines.get(n.name, "missing") == "missing" for n in nodes)
 
     obs.k8s_nodes, obs.k8s_known = _ask_first(
         ordered_cps, run, kubectl_script(), parse_kubectl_nodes, "kubectl get nodes",
-        obs.problems, none_exist(inv.nodes_with_role("control-plane")))
+        obs.problems, none_exist(inv.control_plane_nodes))
 
     etcd_nodes = [n.name for n in inv.etcd_members if n.name in obs.reachable]
-    endpoints = [f"https://{n.address}:{ETCD_CLIENT_PORT}" for n in inv.etcd_members]
+    endpoints = [nodefacts.etcd_client_url(n.address) for n in inv.etcd_members]
 
     def parse_etcd(text: str) -> dict[str, EtcdMember]:
-        parts = _sections(text)
+        parts = sections(text)
         members = parse_etcd_member_list(parts.get("members", ""))
         health = parse_etcd_endpoint_health(parts.get("health", ""))
         return etcd_members(members, health, address_to_name)
@@ -433,9 +413,12 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
+T = TypeVar("T")
+
+
 def _ask_first(nodes: Sequence[str], run: Runner, script: str,
-               parse: Callable[[str], dict[str, Any]], what: str,
-               problems: list[str], nothing_built: bool) -> tuple[dict[str, Any], bool]:
+               parse: Callable[[str], dict[str, T]], what: str,
+               problems: list[str], nothing_built: bool) -> tuple[dict[str, T], bool]:
     """Run on the first node that answers; "@@absent" everywhere means "none yet"."""
     if not nodes and nothing_built:
         return {}, True
@@ -465,9 +448,8 @@ def _ask_first(nodes: Sequence[str], run: Runner, script: str,
 
 
 __all__ = [
-    "ADMIN_KUBECONFIG", "ETCD_CA_CERT", "ETCD_CLIENT_CERT", "ETCD_CLIENT_KEY",
-    "HAPROXY_API_BACKEND", "HAPROXY_CONFIG", "EtcdMember", "etcdctl", "HaproxyServer", "K8sNode",
-    "ObservationError", "Observed", "api_servers", "backend_nodes", "etcd_members",
-    "etcdctl_script", "kubectl_script", "observe_cluster", "parse_etcd_endpoint_health",
-    "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes", "ssh_runner",
+    "UNSTARTED_PREFIX", "EtcdMember", "HaproxyServer", "K8sNode", "ObservationError",
+    "Observed", "RawMember", "api_servers", "backend_nodes", "etcd_members", "etcdctl_script",
+    "kubectl_script", "observe_membership", "parse_etcd_endpoint_health",
+    "parse_etcd_member_list", "parse_haproxy_servers", "parse_kubectl_nodes", "sections",
 ]

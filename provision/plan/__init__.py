@@ -1,0 +1,1 @@
+"""Planning: pure decisions from the inventory and an observation. No I/O."""
