@@ -1,5 +1,5 @@
 """Benchmark the whole product: inventories/local.yaml to a verified HA cluster, then
-day-2 operations on it. Prints JSON.
+day-2 commands on it. Prints JSON.
 
     python bench/cluster.py [-i inventories/local.yaml] [--keep] [--no-day2]
 
@@ -61,7 +61,7 @@ def stage_seconds(summary: object) -> dict[str, float]:
             for s in report["stages"] if s.get("started")}
 
 
-def day2(inventory: Path, operations: object) -> dict[str, object]:
+def day2(inventory: Path, commands: object) -> dict[str, object]:
     """Add a worker (pool count 2 -> 3), then replace cp-3 by cp-4 in one edit."""
     out: dict[str, object] = {}
     text = inventory.read_text()
@@ -73,7 +73,7 @@ def day2(inventory: Path, operations: object) -> dict[str, object]:
     for name, edited in steps.items():
         inventory.write_text(edited)
         started = time.monotonic()
-        summary = operations.up(inventory)  # type: ignore[attr-defined]
+        summary = commands.up(inventory)  # type: ignore[attr-defined]
         out[f"{name}_seconds"] = round(time.monotonic() - started, 1)
         out[f"{name}_status"] = summary.status
         out[f"{name}_stage_seconds"] = stage_seconds(summary)
@@ -92,7 +92,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pvbench-"))
     os.environ["PROVISION_STATE_DIR"] = str(work / "state")
-    from provision import operations
+    from provision import commands
     from provision.artifacts import build
     from provision.inventory import load_inventory
 
@@ -108,22 +108,22 @@ def main() -> int:
     try:
         with MemoryPeak() as mem:
             started = time.monotonic()
-            summary = operations.up(inventory)
+            summary = commands.up(inventory)
             result["up_seconds"] = round(time.monotonic() - started, 1)
         result["up_status"] = summary.status
         result["memory_baseline_mib"] = round(mem.baseline)
         result["memory_peak_mib"] = round(mem.peak)
         result["stage_seconds"] = stage_seconds(summary)
         started = time.monotonic()
-        noop = operations.up(inventory)
+        noop = commands.up(inventory)
         result["noop_up_seconds"] = round(time.monotonic() - started, 1)
         result["noop_stages"] = {s["name"]: s["status"] for s in noop.stages}
         if not args.no_day2:
-            result.update(day2(inventory, operations))
+            result.update(day2(inventory, commands))
     finally:
         if not args.keep:
             started = time.monotonic()
-            operations.destroy(inventory)
+            commands.destroy(inventory)
             result["destroy_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
     ok = all(v == "ok" for k, v in result.items() if k.endswith("_status"))

@@ -50,38 +50,39 @@ class Document:
     positions: Positions
 
 
-def _plain(node: Any, loc: Loc, pos: Positions) -> Any:
-    if isinstance(node, CommentedMap):
+def _plain(value: Any, loc: Loc, pos: Positions) -> Any:
+    """ruamel's commented YAML value as plain data, recording every position."""
+    if isinstance(value, CommentedMap):
         out: dict[Any, Any] = {}
-        for k, v in node.items():
+        for k, v in value.items():
             key = k if isinstance(k, str) else str(k)
             child = (*loc, key)
-            if k in node.lc.data:
-                kl, kc = node.lc.key(k)
-                vl, vc = node.lc.value(k)
+            if k in value.lc.data:
+                kl, kc = value.lc.key(k)
+                vl, vc = value.lc.value(k)
             else:  # merged in from an anchor (<<: *name): point at the merging mapping
-                kl, kc = vl, vc = node.lc.line, node.lc.col
+                kl, kc = vl, vc = value.lc.line, value.lc.col
             pos.keys[child] = (kl + 1, kc + 1)
             pos.values[child] = (vl + 1, vc + 1)
             out[key] = _plain(v, child, pos)
         return out
-    if isinstance(node, CommentedSeq):
+    if isinstance(value, CommentedSeq):
         items = []
-        for i, v in enumerate(node):
+        for i, v in enumerate(value):
             child = (*loc, i)
-            il, ic = node.lc.item(i)
+            il, ic = value.lc.item(i)
             pos.values[child] = (il + 1, ic + 1)
             items.append(_plain(v, child, pos))
         return items
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
 
 
 class YAMLSyntaxError(Exception):

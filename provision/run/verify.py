@@ -14,7 +14,6 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from provision.errors import BadInput
 from provision.paths import ClusterPaths
@@ -58,7 +57,7 @@ def check_module(name: str, checks_dir: Path | None = None) -> Path:
 PARALLEL_NODES = 4
 
 
-def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict[str, Any],
+def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict[str, object],
                junit: Path, timeout: float = 900,
                checks_dir: Path | None = None) -> VerifyResult:
     """Run ``provision/checks/<module>.py`` on ``nodes``; never raises for a failed check."""

@@ -28,10 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from provision import operations, planner
+from provision import commands
+from provision.plan import membership as planner
+from provision.run.context import ClusterContext
 from provision.errors import BadInput
 from provision.executors import ssh
 from provision.lab.cleanup import leftovers, sweep
+from provision.providers.base import say_nothing
 
 pytestmark = pytest.mark.lab
 
@@ -56,16 +59,16 @@ class Lab:
             .replace("apiForwardPort: 16443", f"apiForwardPort: {FORWARD_PORT}"))
         return self.inventory
 
-    def plan(self) -> planner.Plan:
-        return operations.plan(self.inventory).membership
+    def plan(self) -> planner.MembershipPlan:
+        return commands.plan(self.inventory).membership
 
-    def up(self) -> operations.RunSummary:
-        summary = operations.up(self.inventory)
+    def up(self) -> commands.RunSummary:
+        summary = commands.up(self.inventory)
         assert summary.status == "ok", f"{summary.error}\nreport: {summary.report_html}"
         return summary
 
     def on(self, node: str, script: str) -> str:
-        proc = ssh.run_on_node(operations.Cluster(self.inventory).paths, node, script)
+        proc = ssh.run_on_node(ClusterContext.open(self.inventory).paths, node, script)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
@@ -85,9 +88,8 @@ class Lab:
         return {m["name"]: health.get(m["clientURLs"][0], False) for m in members}
 
     def machines(self) -> set[str]:
-        from provision.providers.local import LocalProvider
-
-        return set(LocalProvider().known_machines(operations.Cluster(self.inventory).inv))
+        ctx = ClusterContext.open(self.inventory)
+        return set(ctx.providers.get("local").machines(ctx.inventory))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def lab(tmp_path_factory):
             yield lab
         finally:
             try:
-                operations.destroy(lab.inventory)  # machines of removed nodes too
+                commands.destroy(lab.inventory)  # machines of removed nodes too
                 assert leftovers(NAME) == [], "destroy left something behind"
             finally:
                 sweep(NAME)  # whatever a failed destroy left
@@ -116,7 +118,7 @@ def kubectl(lab):
     binary = build(load_inventory(lab.inventory).kubernetes.version).binaries["kubectl"]
 
     def run(*args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-        kubeconfig = operations.Cluster(lab.inventory).paths.kubeconfig
+        kubeconfig = ClusterContext.open(lab.inventory).paths.kubeconfig
         proc = subprocess.run([str(binary), "--kubeconfig", str(kubeconfig),
                                "--request-timeout", "5s", *args],
                               capture_output=True, text=True, timeout=timeout)
@@ -207,7 +209,7 @@ def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
     node's API server, a static pod, to bootstrap through)."""
     started = time.monotonic()
     while time.monotonic() < started + timeout:
-        proc = ssh.run_on_node(operations.Cluster(lab.inventory).paths, "cp-1",
+        proc = ssh.run_on_node(ClusterContext.open(lab.inventory).paths, "cp-1",
                                "kubectl --kubeconfig /etc/kubernetes/admin.conf get node "
                                f"{node} -o jsonpath='{{.metadata.labels}}'")
         if proc.returncode == 0:
@@ -233,9 +235,9 @@ def test_a_killed_up_resumes_at_three_points(lab):
 
 
 def test_five_ready_nodes_through_the_written_kubeconfig(lab, kubectl):
-    written = operations.kubeconfig(lab.inventory)
-    assert Path(written["kubeconfig"]).stat().st_mode & 0o777 == 0o600
-    assert written["server"] == f"https://127.0.0.1:{FORWARD_PORT}"
+    written = commands.kubeconfig(lab.inventory)
+    assert Path(written.kubeconfig).stat().st_mode & 0o777 == 0o600
+    assert written.server == f"https://127.0.0.1:{FORWARD_PORT}"
     nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
     ready = {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"]
              for n in nodes
@@ -253,17 +255,17 @@ def test_second_up_changes_nothing(lab):
     assert all(not s["converged"] for s in summary.stages)
 
 
-def vip_holder(c: operations.Cluster) -> str:
-    vip = str(c.inv.control_plane.virtual_ip)
-    holders = [n.name for n in c.inv.nodes_with_role("control-plane")
+def vip_holder(c: ClusterContext) -> str:
+    vip = str(c.inventory.control_plane.virtual_ip)
+    holders = [n.name for n in c.inventory.control_plane_nodes
                if f"inet {vip}/" in ssh.run_on_node(c.paths, n.name, "ip -4 -o addr").stdout]
     assert len(holders) == 1, f"exactly one node must hold the VIP, found {holders}"
     return holders[0]
 
 
-def etcd_health(c: operations.Cluster, from_node: str) -> dict[str, bool]:
+def etcd_health(c: ClusterContext, from_node: str) -> dict[str, bool]:
     """Every member's health over TLS, asked with the operator client cert (roles/etcd)."""
-    from provision.observe_cluster import parse_etcd_endpoint_health
+    from provision.observe.membership import parse_etcd_endpoint_health
 
     proc = ssh.run_on_node(c.paths, from_node, ". /etc/etcd/etcdctl.env; "
                            "etcdctl --command-timeout=3s endpoint health -w json", timeout=60)
@@ -271,12 +273,12 @@ def etcd_health(c: operations.Cluster, from_node: str) -> dict[str, bool]:
 
 
 def test_vip_moves_when_its_holder_stops(lab, kubectl):
-    c = operations.Cluster(lab.inventory)
-    local = c.provider("local")
+    c = ClusterContext.open(lab.inventory)
+    local = c.providers.get("local")
     holder = vip_holder(c)
-    survivor = next(n.name for n in c.inv.nodes_with_role("control-plane") if n.name != holder)
+    survivor = next(n.name for n in c.inventory.control_plane_nodes if n.name != holder)
 
-    local.stop(c.inv, c.inv.node(holder))
+    local.stop(c.inventory, c.inventory.node(holder))
     stopped = time.monotonic()
     answered_after = None
     while time.monotonic() - stopped < 60:
@@ -307,12 +309,12 @@ def test_vip_moves_when_its_holder_stops(lab, kubectl):
             f"configmap/{name}"
         assert vip_holder(c) != holder
     finally:
-        local.ensure(c.inv, [c.inv.node(holder)])
+        local.ensure(c.inventory, [c.inventory.node(holder)], say_nothing)
 
     # the stopped machine comes back and every check returns to green
     deadline = time.monotonic() + 300
     while True:
-        summary = operations.verify(lab.inventory)
+        summary = commands.verify(lab.inventory)
         if summary.status == "ok" or time.monotonic() > deadline:
             break
         time.sleep(10)
@@ -401,7 +403,7 @@ def test_unsafe_edits_are_refused_and_change_nothing(lab):
     assert not plan.ok
     assert any("takes etcd from 3 members to 1" in r for r in plan.refusals), plan.refusals
     with pytest.raises(BadInput, match="the plan is refused; nothing was changed"):
-        operations.up(lab.inventory)
+        commands.up(lab.inventory)
     cli = subprocess.run([sys.executable, "-m", "provision.cli", "plan", "-i",
                           str(lab.inventory)], capture_output=True, text=True)
     assert cli.returncode == 2 and "refused:" in cli.stdout, cli.stdout + cli.stderr
@@ -421,20 +423,20 @@ def _configmap(lab: Lab, name: str, action: str = "get") -> subprocess.Completed
     kubectl = "kubectl --kubeconfig /etc/kubernetes/admin.conf -n default"
     script = (f"{kubectl} create configmap {name} --from-literal=at=$(date +%s)"
               if action == "create" else f"{kubectl} get configmap {name}")
-    return ssh.run_on_node(operations.Cluster(lab.inventory).paths, "cp-1", script)
+    return ssh.run_on_node(ClusterContext.open(lab.inventory).paths, "cp-1", script)
 
 
 def test_backup_then_restore_brings_back_exactly_the_snapshot(lab):
     lab.write(AFTER_REPLACE)
     assert _configmap(lab, "before-backup", "create").returncode == 0
-    facts = operations.backup(lab.inventory)
-    snapshot = Path(facts["snapshot"])
+    facts = commands.backup(lab.inventory)
+    snapshot = Path(facts.snapshot)
     assert snapshot.stat().st_mode & 0o777 == 0o600
-    assert facts["revision"] > 0 and facts["keys"] > 0 and facts["hash"]
+    assert facts.revision > 0 and facts.keys > 0 and facts.hash
     print(f"backup: {facts}")
     assert _configmap(lab, "after-backup", "create").returncode == 0
 
-    summary = operations.restore(lab.inventory, snapshot)
+    summary = commands.restore(lab.inventory, snapshot)
     assert summary.status == "ok", f"{summary.error}\nreport: {summary.report_html}"
     print(f"restore (with every check): {summary.duration:.0f}s")
     assert _configmap(lab, "before-backup").returncode == 0
@@ -447,14 +449,14 @@ def test_restore_refuses_a_file_that_is_not_a_snapshot(lab, tmp_path):
     bogus = tmp_path / "snapshot.db"
     bogus.write_bytes(b"not a snapshot")
     with pytest.raises(BadInput, match="is not an etcd snapshot"):
-        operations.restore(lab.inventory, bogus)
+        commands.restore(lab.inventory, bogus)
 
 
 def test_destroy_keep_machines_resets_every_node(lab):
-    result = operations.reset(lab.inventory)
-    assert sorted(result["reset"]) == ["cp-1", "cp-2", "cp-4", "worker-1"]
+    result = commands.reset(lab.inventory)
+    assert sorted(result.reset) == ["cp-1", "cp-2", "cp-4", "worker-1"]
     assert lab.machines() == {"cp-1", "cp-2", "cp-4", "worker-1"}
-    for node in result["reset"]:
+    for node in result.reset:
         left = lab.on(node, "ls /etc/kubernetes /var/lib/etcd 2>/dev/null; "
                             "systemctl is-active kubelet etcd containerd keepalived haproxy; true")
         assert "active\n" not in left.replace("inactive", ""), f"{node}: {left}"

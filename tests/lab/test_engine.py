@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from provision.engine import Engine
 from provision.errors import StageFailed
 from provision.executors import ssh
 from provision.lab.cleanup import leftovers, sweep
 from provision.pipeline import load_pipeline
-from provision.report import RunRecord
-from provision.report.progress import Progress, Tee
+from provision.report import RunRecord, Tee
+from provision.run.context import ClusterContext, RunContext
+from provision.run.step import run_steps
+from provision.run.steps.stage import stage_step
 
 pytestmark = pytest.mark.lab
 
@@ -43,35 +44,45 @@ nodes:
 """
 
 
+class DemoRun(RunContext):
+    """The demo pipeline needs no artifact mirror: its roles install nothing."""
+
+    def ensure_mirror(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """Two lab machines for the whole module, state in a temp dir; always destroyed."""
-    from provision.operations import Cluster
-
     base = tmp_path_factory.mktemp("engine")
     path = base / "inventory.yaml"
     path.write_text(INVENTORY.format(name="pvtest-engine"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(base / "state"))
-        cluster = Cluster(path)
+        cluster = ClusterContext.open(path)
+        cluster.roles_dir = HERE / "roles"
+        cluster.checks_dir = HERE / "checks"
         sweep("pvtest-engine")  # a crashed earlier run (another state dir) left these
         try:
             yield cluster
         finally:
-            ssh.close_masters(cluster.paths, [n.name for n in cluster.inv.nodes])
-            cluster.provider("local").destroy(cluster.inv, cluster.inv.nodes)
+            names = [n.name for n in cluster.inventory.nodes]
+            ssh.close_masters(cluster.paths, names)
+            cluster.providers.get("local").destroy(cluster.inventory, names)
             assert leftovers("pvtest-engine") == [], "destroy left something behind"
 
 
-def run(cluster, until=None, nodes=()):
-    """One engine run over the demo pipeline; returns (outcomes or error, record)."""
-    record = RunRecord(cluster.paths.runs_dir, command="up", cluster=cluster.inv.name)
-    progress = Tee(record, Progress())
-    engine = Engine(cluster.inv, cluster.paths, record, progress, cluster.hooks(progress),
-                    roles_dir=HERE / "roles", checks_dir=HERE / "checks")
+def steps(until=None, nodes=()):
     pipeline = load_pipeline("pipelines", directory=HERE)
+    return [stage_step(s, nodes) for s in pipeline.narrowed(until=until)]
+
+
+def run(cluster, until=None, nodes=()):
+    """One run of the demo pipeline's steps; returns (outcomes or error, record)."""
+    record = RunRecord(cluster.paths.runs_dir, command="up", cluster=cluster.inventory.name)
+    ctx = DemoRun.start(cluster, record, Tee(record))
     try:
-        result = engine.run(pipeline.narrowed(until=until), nodes)
+        result = run_steps(ctx, steps(until, nodes))
         record.finish("ok")
     except StageFailed as exc:
         record.finish("failed", str(exc))
@@ -80,11 +91,8 @@ def run(cluster, until=None, nodes=()):
 
 
 def plan(cluster):
-    from provision.operations import plan_actions
-
-    engine = Engine(cluster.inv, cluster.paths, None, Progress(), cluster.hooks(Progress()),
-                    roles_dir=HERE / "roles", checks_dir=HERE / "checks")
-    return plan_actions(cluster, load_pipeline("pipelines", directory=HERE), engine)
+    """(step, node, action) of everything the next run would do."""
+    return [(s.name, c.node, c.action) for s in steps() for c in s.plan(cluster)]
 
 
 def on(cluster, node, script):
@@ -94,7 +102,7 @@ def on(cluster, node, script):
 
 
 def by_stage(outcomes):
-    return {o.stage: o for o in outcomes}
+    return {o.step: o for o in outcomes}
 
 
 def test_engine_end_to_end(lab):
@@ -105,7 +113,7 @@ def test_engine_end_to_end(lab):
     outcomes, record = run(cluster)
     assert not isinstance(outcomes, StageFailed), outcomes
     stages = by_stage(outcomes)
-    assert sorted(stages["demo"].converged) == ["cp-1", "w-1"]
+    assert sorted(stages["demo"].changed) == ["cp-1", "w-1"]
     assert stages["demo"].status == "changed"
     for node in ("cp-1", "w-1"):
         assert on(cluster, node, "cat /etc/provision-demo") == "converged by provision\n"
@@ -115,19 +123,18 @@ def test_engine_end_to_end(lab):
     outcomes, record = run(cluster)
     stages = by_stage(outcomes)
     for name in ("demo", "after"):
-        assert stages[name].converged == [], name
+        assert stages[name].changed == [], name
         assert sorted(stages[name].skipped) == ["cp-1", "w-1"], name
         assert stages[name].status == "skipped"
     report = json.loads(record.report_json.read_text())
     assert report["status"] == "ok"
-    assert [a.action for a in plan(cluster)] == ["nothing"]
+    assert plan(cluster) == []
 
     # 3. gating: a node whose inputs changed converges, its check fails, the run stops
     on(cluster, "w-1", f"touch /etc/provision-demo-broken && rm -f {MARKERS}/demo "
                        "/etc/provision-demo-after")
-    # plan observes the nodes (pyinfra) and says exactly what the next run will do
-    assert [(a.action, a.node, a.stage) for a in plan(cluster)] == [
-        ("converge", "w-1", "demo")]
+    # plan reads the nodes' markers and says exactly what the next run will do
+    assert plan(cluster) == [("demo", "w-1", "converge")]
     error, record = run(cluster)
     assert isinstance(error, StageFailed)
     assert (error.stage, error.node) == ("demo", "w-1")
@@ -145,7 +152,7 @@ def test_engine_end_to_end(lab):
     assert not isinstance(outcomes, StageFailed), outcomes
     stages = by_stage(outcomes)
     assert sorted(stages["demo"].skipped) == ["cp-1", "w-1"]  # marker was written, checks pass
-    assert stages["after"].converged == ["w-1"] and stages["after"].skipped == ["cp-1"]
+    assert stages["after"].changed == ["w-1"] and stages["after"].skipped == ["cp-1"]
 
     # 5. a failing task names the node, the stage, the task and the log file
     on(cluster, "cp-1", f"touch /etc/provision-demo-fail && rm -f {MARKERS}/demo")
