@@ -365,5 +365,6 @@ def ssh_argv(inventory_path: Path, node: str, command: Sequence[str]) -> list[st
     return ssh.ssh_command(ctx.paths, node, *command)
 
 
-__all__ = ["ClusterStatus", "Destroyed", "Kubeconfig", "Reset", "RunSummary", "backup", "destroy", "kubeconfig", "plan", "reset", "restore",
-           "ssh_argv", "status", "up", "validate_providers", "verify"]
+__all__ = ["ClusterStatus", "Destroyed", "Kubeconfig", "Reset", "RunSummary", "backup",
+           "destroy", "kubeconfig", "plan", "reset", "restore", "ssh_argv", "status", "up",
+           "validate_providers", "verify"]

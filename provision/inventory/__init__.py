@@ -4,7 +4,6 @@ inv = load_inventory("inventories/local.yaml")   # raises InventoryInvalid
 for node in inv.etcd_members: ...
 """
 
-from provision.inventory.rules import supported_kubernetes_versions
 from provision.inventory.credentials import CredentialUnavailable, resolve_credential
 from provision.inventory.loader import check_inventory, load_inventory, parse_inventory
 from provision.inventory.model import (
@@ -33,6 +32,7 @@ from provision.inventory.model import (
     expand_nodes,
 )
 from provision.inventory.problems import InventoryInvalid, Problem
+from provision.inventory.rules import supported_kubernetes_versions
 from provision.inventory.schema import inventory_json_schema
 
 __all__ = [

@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from provision.inventory.rules import Sections, semantic_problems
 from provision.inventory.model import (
     ClusterSpec,
     ControlPlaneSpec,
@@ -24,6 +23,7 @@ from provision.inventory.model import (
     expand_nodes,
 )
 from provision.inventory.problems import DOCUMENT, InventoryInvalid, Problem
+from provision.inventory.rules import Sections, semantic_problems
 from provision.inventory.schema_errors import problem_from_error
 from provision.inventory.yamlsource import Document, Loc, YAMLSyntaxError, parse_yaml
 

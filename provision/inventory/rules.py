@@ -7,9 +7,8 @@ count) run only when every node and pool is valid.
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provision.inventory.model import (
@@ -25,18 +24,7 @@ from provision.inventory.model import (
 )
 from provision.inventory.problems import Problem, Severity, format_path
 from provision.inventory.yamlsource import Loc, Positions
-
-FALLBACK_KUBERNETES_VERSIONS = ("v1.37.2", "v1.36.3")
-
-
-def supported_kubernetes_versions() -> tuple[str, ...]:
-    """The versions the artifact set can install (from provision.artifacts.versions)."""
-    try:
-        module = importlib.import_module("provision.artifacts.versions")
-        versions: Callable[[], Sequence[str]] = module.supported_kubernetes_versions
-    except (ImportError, AttributeError):
-        return FALLBACK_KUBERNETES_VERSIONS
-    return tuple(versions())
+from provision.releases import supported_kubernetes_versions
 
 
 @dataclass

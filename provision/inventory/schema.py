@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from provision.inventory.rules import supported_kubernetes_versions
 from provision.inventory.model import ClusterSpec
+from provision.inventory.rules import supported_kubernetes_versions
 
 _cache: dict[str, Any] | None = None
 

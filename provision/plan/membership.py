@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from provision.inventory import Inventory
 from provision.observe.membership import UNSTARTED_PREFIX, Observed

@@ -134,6 +134,7 @@ class Provider(ABC):
 
     def close(self) -> None:
         """Release connections (libvirt) at the end of a command."""
+        return None
 
     def _lacks(self, capability: Capability) -> ProviderError:
         return ProviderError(f"provider {self.name!r} cannot {capability.value}")

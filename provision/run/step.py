@@ -75,6 +75,7 @@ class Step(ABC):
     def prove(self, ctx: RunContext, outcome: StepOutcome) -> None:
         """Raise StageFailed unless what ``apply`` did holds; the default proves
         nothing more than ``apply``'s own waits."""
+        return None
 
 
 def run_steps(ctx: RunContext, steps: Sequence[Step]) -> list[StepOutcome]:

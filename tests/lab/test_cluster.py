@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from provision import commands
-from provision.plan import membership as planner
-from provision.run.context import ClusterContext
 from provision.errors import BadInput
 from provision.executors import ssh
 from provision.lab.cleanup import leftovers, sweep
+from provision.plan import membership as planner
 from provision.providers.base import say_nothing
+from provision.run.context import ClusterContext
 
 pytestmark = pytest.mark.lab
 

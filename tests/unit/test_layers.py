@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "provision"
 # Bottom to top: a module may import its own layer and the ones before it.
 LAYERS: list[tuple[str, ...]] = [
     ("provision", "provision.errors", "provision.paths", "provision.names"),
-    ("provision.inventory", "provision.pipeline", "provision.clustervars",
+    ("provision.inventory", "provision.pipeline", "provision.clustervars", "provision.releases",
      "provision.nodefacts", "provision.pki"),
     ("provision.report",),
     ("provision.lab", "provision.executors"),

@@ -23,12 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
+from provision.verify import run_checks  # noqa: E402
+
 from provision import clustervars  # noqa: E402
 from provision.executors import ansible  # noqa: E402
 from provision.inventory import load_inventory  # noqa: E402
 from provision.paths import ClusterPaths  # noqa: E402
 from provision.pipeline import load_pipeline  # noqa: E402
-from provision.verify import run_checks  # noqa: E402
 
 
 def setup(inv_path: str):
