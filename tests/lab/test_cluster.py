@@ -85,9 +85,10 @@ class Lab:
         return {m["name"]: health.get(m["clientURLs"][0], False) for m in members}
 
     def machines(self) -> set[str]:
+        from provision.inventory import load_inventory
         from provision.providers.local import LocalProvider
 
-        return set(LocalProvider().known_machines(operations.Cluster(self.inventory).inv))
+        return set(LocalProvider().machines(load_inventory(self.inventory)))
 
 
 @pytest.fixture(scope="module")

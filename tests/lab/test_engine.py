@@ -59,7 +59,7 @@ def lab(tmp_path_factory):
             yield cluster
         finally:
             ssh.close_masters(cluster.paths, [n.name for n in cluster.inv.nodes])
-            cluster.provider("local").destroy(cluster.inv, cluster.inv.nodes)
+            cluster.provider("local").destroy(cluster.inv, [n.name for n in cluster.inv.nodes])
             assert leftovers("pvtest-engine") == [], "destroy left something behind"
 
 
