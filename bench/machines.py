@@ -54,26 +54,29 @@ def main() -> int:
         result["image_reuse_s"] = _timed(lambda: image.ensure_image(img))
 
         from provision.inventory import load_inventory
-        from provision.providers.base import get_provider
+        from provision.providers.base import say_nothing
+        from provision.providers.registry import load
 
         name = f"pvbench-{os.getpid()}"
         text = re.sub(r"(?m)^name:.*$", f"name: {name}", Path(args.inventory).read_text())
         (work / "inventory.yaml").write_text(text)
         os.environ["PROVISION_STATE_DIR"] = str(work / "state")
         inv = load_inventory(work / "inventory.yaml")
-        local = [n for n in inv.nodes if n.provider == "local"]
-        provider = get_provider("local")
+        local = inv.nodes_for_provider("local")
+        names = [n.name for n in local]
+        provider = load("local")
         result["nodes"] = len(local)
         try:
-            result["nodes_ssh_reachable_s"] = _timed(lambda: provider.ensure(inv, local))
-            result["ensure_again_s"] = _timed(lambda: provider.ensure(inv, local))
+            result["nodes_ssh_reachable_s"] = _timed(
+                lambda: provider.ensure(inv, local, say_nothing))
+            result["ensure_again_s"] = _timed(lambda: provider.ensure(inv, local, say_nothing))
             node = local[-1]
             result["stop_one_s"] = _timed(lambda: provider.stop(inv, node))
             result["start_one_to_ssh_s"] = _timed(lambda: provider.start(inv, node))
-            result["destroy_s"] = _timed(lambda: provider.destroy(inv, local))
+            result["destroy_s"] = _timed(lambda: provider.destroy(inv, names))
             result["leftovers"] = leftovers(name)
         finally:
-            provider.destroy(inv, local)
+            provider.destroy(inv, names)
             sweep(name)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -59,6 +59,7 @@ def main() -> int:
 
     from provision.inventory import parse_inventory
     from provision.lab import vmimage
+    from provision.providers.base import say_nothing
     from provision.providers.libvirt import LibvirtProvider
 
     out: dict[str, object] = {"accel": "tcg", "cpus_on_host": os.cpu_count()}
@@ -97,22 +98,23 @@ def main() -> int:
         inv = parse_inventory(INVENTORY.format(name=cluster, uri=s["uri"], pool=s["pool"],
                                                netns=s["netns"]))
         vms = inv.nodes_for_provider("libvirt")
+        vm_names = [n.name for n in vms]
         events: list[tuple[float, str]] = []
         started = time.monotonic()
         p.ensure(inv, vms, lambda _n, m: events.append((time.monotonic() - started, m)))
         out["vm_create_to_ssh_s"] = round(time.monotonic() - started, 1)
         out["vm_defined_s"] = round(next(t for t, m in events if m.startswith("starting")), 1)
         started = time.monotonic()
-        p.ensure(inv, vms)
+        p.ensure(inv, vms, say_nothing)
         out["vm_reuse_s"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
-        p.destroy(inv, vms)
+        p.destroy(inv, vm_names)
         out["vm_destroy_s"] = round(time.monotonic() - started, 1)
         out["leftovers"] = lab.leftovers()
     finally:
         if inv is not None:
             try:
-                p.destroy(inv, inv.nodes_for_provider("libvirt"))
+                p.destroy(inv, [n.name for n in inv.nodes_for_provider("libvirt")])
             except Exception as e:  # noqa: BLE001 - the lab teardown still runs
                 print(f"destroy failed: {e}", file=sys.stderr)
         p.close()

@@ -23,6 +23,11 @@ def node_object(cluster: str, node: str) -> str:
     return f"{PREFIX}{cluster}-{node}"
 
 
+def node_objects_prefix(cluster: str) -> str:
+    """What the name of every node object of the cluster starts with."""
+    return node_object(cluster, "")
+
+
 def lab_netns(cluster: str) -> str:
     """The lab namespace that holds the cluster's bridge and provisioner services."""
     return cluster_object(cluster)
@@ -33,4 +38,5 @@ def short_tag(text: str, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-__all__ = ["PREFIX", "cluster_object", "lab_netns", "node_object", "short_tag"]
+__all__ = ["PREFIX", "cluster_object", "lab_netns", "node_object", "node_objects_prefix",
+           "short_tag"]

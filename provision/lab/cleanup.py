@@ -2,7 +2,8 @@
 
 Used after a crash (the state directory may be gone, so everything is found from the
 system itself: processes, mounts, namespaces, cgroups) and by the leak check of the
-lab tests. Only names provision makes are considered: ``pv-<cluster>...``.
+lab tests. Only names provision makes are considered: ``pv-<cluster>...``
+(provision/names.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from provision import names
 from provision.lab import cgroups, mounts, netns, nspawn
 
 
@@ -29,7 +31,7 @@ def _nsproxy_pids(prefix: str) -> list[int]:
         except OSError:
             continue
         if b"provision.lab.nsproxy" in argv and any(
-            a.decode(errors="replace").startswith(f"pv-{prefix}") for a in argv
+            a.decode(errors="replace").startswith(names.PREFIX + prefix) for a in argv
         ):
             out.append(int(entry))
     return out
@@ -42,16 +44,17 @@ def _overlay_mounts(prefix: str) -> list[str]:
 
 def leftovers(prefix: str) -> list[str]:
     """Everything still on the box for clusters whose name starts with ``prefix``."""
+    ours = names.PREFIX + prefix
     found = []
     found += [f"process: nspawn machine {n} (pid {p})"
-              for n, p in nspawn.find_machines(f"pv-{prefix}").items()]
+              for n, p in nspawn.find_machines(ours).items()]
     found += [f"process: nsproxy pid {p}" for p in _nsproxy_pids(prefix)]
     found += [f"mount: {m}" for m in _overlay_mounts(prefix)]
-    found += [f"netns: {n}" for n in netns.listing() if n.startswith(f"pv-{prefix}")]
-    found += [f"cgroup: {g}" for g in cgroups.listing(f"pv-{prefix}")]
+    found += [f"netns: {n}" for n in netns.listing() if n.startswith(ours)]
+    found += [f"cgroup: {g}" for g in cgroups.listing(ours)]
     prop = nspawn.PROPAGATE_DIR
     if prop.is_dir():
-        found += [f"runtime dir: {d}" for d in prop.iterdir() if d.name.startswith(f"pv-{prefix}")]
+        found += [f"runtime dir: {d}" for d in prop.iterdir() if d.name.startswith(ours)]
     return found
 
 
@@ -59,21 +62,23 @@ def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list
     """Remove leftovers of clusters named ``prefix*``. ``keep`` is given a name without its
     ``pv-`` (``<cluster>`` or ``<cluster>-<node>``) and spares it when it returns True
     (clusters of a test run that is still alive). Returns what it removed."""
+    ours = names.PREFIX + prefix
     removed = []
 
     def spared(name: str) -> bool:
         # name is pv-<cluster> or pv-<cluster>-<node>: keep() sees everything after pv-
         # and decides (a test run embeds its pid in its cluster names, for example).
-        return keep(name[3:])
+        return keep(name[len(names.PREFIX):])
 
-    for name, pid in nspawn.find_machines(f"pv-{prefix}").items():
+    for name, pid in nspawn.find_machines(ours).items():
         if not spared(name):
             nspawn.terminate(pid, name, timeout=10)
             removed.append(f"machine {name}")
     for pid in _nsproxy_pids(prefix):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            ns = next(a.decode() for a in argv if a.decode(errors="replace").startswith("pv-"))
+            ns = next(a.decode() for a in argv
+                      if a.decode(errors="replace").startswith(names.PREFIX))
             if not spared(ns):
                 os.kill(pid, signal.SIGKILL)
                 removed.append(f"nsproxy {pid}")
@@ -86,12 +91,12 @@ def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list
         mounts.umount(m)
         removed.append(f"mount {m}")
     time.sleep(0.1)
-    for g in {p.name for p in cgroups.listing(f"pv-{prefix}")}:
+    for g in {p.name for p in cgroups.listing(ours)}:
         if not spared(g):
             cgroups.remove(g)
             removed.append(f"cgroup {g}")
     for n in netns.listing():
-        if n.startswith(f"pv-{prefix}") and not spared(n):
+        if n.startswith(ours) and not spared(n):
             for pid in netns.pids_in(n):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -100,7 +105,7 @@ def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list
     prop = nspawn.PROPAGATE_DIR
     if prop.is_dir():
         for d in prop.iterdir():
-            if d.name.startswith(f"pv-{prefix}") and not spared(d.name):
+            if d.name.startswith(ours) and not spared(d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(f"runtime dir {d}")
     return removed

@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from provision import names
+
 NETNS_DIR = Path("/run/netns")
 BRIDGE = "br-lab"
 
@@ -58,7 +60,7 @@ def inode(name: str) -> int | None:
 
 def veth_name(cluster: str, node: str) -> str:
     """The lab-side end of a node's veth: unique per (cluster, node), 13 chars."""
-    return "pv" + hashlib.sha256(f"{cluster}/{node}".encode()).hexdigest()[:11]
+    return "pv" + names.short_tag(f"{cluster}/{node}", 11)
 
 
 def link_exists(netns: str, link: str) -> bool:

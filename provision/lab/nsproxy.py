@@ -30,6 +30,11 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 
 
+def proxy_command(netns: str) -> str:
+    """The ssh ProxyCommand that reaches %h:%p inside ``netns`` (this interpreter)."""
+    return f"{sys.executable} -m provision.lab.nsproxy connect {netns} %h %p"
+
+
 def enter(netns: str) -> None:
     """Move the calling thread into a named network namespace."""
     fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import BadInput, ProviderError
+from provision.inventory.types import size_bytes
 from provision.lab import image
 from provision.lab.mounts import remove_tree
 from provision.paths import cache_root
@@ -80,12 +81,13 @@ class VMRecipe:
                        cmdline=meta.get("cmdline", self.cmdline), digest=self.digest)
 
 
-def _size(value: str | int) -> int:
-    from provision.providers.local import parse_size
-
-    out = parse_size(value)
-    assert out is not None
-    return out
+def _size(recipe: Path, value: object) -> int:
+    """The recipe's ``size``, written like an inventory size (3Gi)."""
+    try:
+        return size_bytes(str(value))
+    except ValueError:
+        raise BadInput(f"{recipe / 'recipe.toml'}: size {value!r} is not a size "
+                       "(use e.g. 3Gi or 3072Mi)") from None
 
 
 def available() -> dict[str, VMRecipe]:
@@ -99,7 +101,7 @@ def available() -> dict[str, VMRecipe]:
         data = tomllib.loads((r.path / "recipe.toml").read_text())
         if data.get("kind") != "vm":
             continue
-        vr = VMRecipe(recipe=r, size=_size(data.get("size", "3Gi")),
+        vr = VMRecipe(recipe=r, size=_size(r.path, data.get("size", "3Gi")),
                       cmdline=data.get("kernel_cmdline", DEFAULT_CMDLINE))
         for n in (*data.get("names", ()), r.name):
             out.setdefault(n, vr)

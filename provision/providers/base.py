@@ -132,7 +132,7 @@ class Provider(ABC):
         """API_FORWARD: a loopback port on this host forwarded to the API virtual IP."""
         raise self._lacks(Capability.API_FORWARD)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: most providers hold nothing
         """Release connections (libvirt) at the end of a command."""
         return None
 

@@ -70,7 +70,8 @@ class LabCluster:
     def write_ssh_config(self) -> Path:
         from provision.executors.ssh import write_ssh_config
 
-        endpoints = {n.name: self.provider.ssh_endpoint(self.inv, n) for n in self.inv.nodes}
+        endpoints = {n.name: self.provider.ssh_endpoint(self.inv, n.name, n.address)
+                     for n in self.inv.nodes}
         return write_ssh_config(self.paths, "root", endpoints)
 
     def ssh(self, node: str, script: str, timeout: float = 60,
@@ -125,20 +126,20 @@ def lab_cluster(lab_host: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     from provision.inventory import load_inventory
     from provision.lab.cleanup import sweep
     from provision.paths import ClusterPaths
-    from provision.providers.base import get_provider
+    from provision.providers.registry import load
 
     base = tmp_path_factory.mktemp("labmachines")
     name = make_cluster_name()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(base / "state"))
         inv = load_inventory(write_inventory(base / "inventory.yaml", name, 3))
-        provider = get_provider("local")
+        provider = load("local")
         cluster = LabCluster(name, inv, provider, ClusterPaths.for_cluster(name),
                              base / "inventory.yaml")
         try:
             yield cluster
         finally:
             try:
-                provider.destroy(inv, inv.nodes)
+                provider.destroy(inv, [n.name for n in inv.nodes])
             finally:
                 sweep(name)  # whatever destroy missed (it should be nothing)

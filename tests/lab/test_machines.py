@@ -16,7 +16,7 @@ from leaks import assert_no_leaks, find_leaks
 from provision.errors import BadInput
 from provision.lab import cgroups, mounts, netns
 from provision.paths import cache_root
-from provision.providers.base import MachineState
+from provision.providers.base import Capability, Machine, MachineState, say_nothing
 
 pytestmark = pytest.mark.lab
 
@@ -27,16 +27,18 @@ def test_check_finds_bad_settings_before_anything_exists(lab_cluster):
     from copy import deepcopy
 
     p, inv = lab_cluster.provider, lab_cluster.inv
-    assert [str(x) for x in p.check(inv, inv.nodes)] == []
+    assert p.capabilities == {Capability.CREATE, Capability.POWER, Capability.SERVICES,
+                              Capability.API_FORWARD}
+    assert [str(x) for x in p.validate(inv, inv.nodes)] == []
     outside = inv.nodes[0].model_copy(update={"address": "10.99.0.5"})
     bad_image = deepcopy(inv)
     bad_image.spec.providers.local.image = "no-such-image"
-    problems = p.check(inv, [outside]) + p.check(bad_image, inv.nodes[:1])
+    problems = p.validate(inv, [outside]) + p.validate(bad_image, inv.nodes[:1])
     text = "\n".join(str(x) for x in problems)
     assert "10.99.0.5 is not a host address of the lab subnet" in text
     assert "no image recipe named 'no-such-image'" in text
     with pytest.raises(BadInput):
-        p.ensure(inv, [outside])
+        p.ensure(inv, [outside], say_nothing)
     assert find_leaks(lab_cluster.name, NODES) == []  # nothing was created
 
 
@@ -44,20 +46,23 @@ def test_create_three_machines_reachable_with_strict_ssh(lab_cluster):
     p, inv = lab_cluster.provider, lab_cluster.inv
     events = []
     started = time.monotonic()
-    p.ensure(inv, inv.nodes, lambda node, msg: events.append((node, msg)))
+    created = p.ensure(inv, inv.nodes, lambda node, msg: events.append((node, msg)))
     print(f"3 machines SSH-reachable in {time.monotonic() - started:.1f}s")
-    assert p.observe(inv, inv.nodes) == {n: MachineState.RUNNING for n in NODES}
+    assert created == set(NODES)  # none was running before
+    assert p.observe(inv, NODES) == {n: MachineState.RUNNING for n in NODES}
     assert {n for n, m in events if m == "SSH reachable"} == set(NODES)
 
     config = lab_cluster.write_ssh_config().read_text()
     assert "StrictHostKeyChecking yes" in config
-    assert f"ProxyCommand {p.ssh_endpoint(inv, inv.nodes[0]).proxy_command}" in config
+    first = inv.nodes[0]
+    assert f"ProxyCommand {p.ssh_endpoint(inv, first.name, first.address).proxy_command}" \
+        in config
     assert "provision.lab.nsproxy connect pv-" in config
     known = lab_cluster.paths.known_hosts.read_text().splitlines()
     assert sorted(line.split()[0] for line in known) == sorted(n.address for n in inv.nodes)
     assert oct(lab_cluster.paths.ssh_private_key.stat().st_mode & 0o777) == "0o600"
 
-    cg = p.layout(inv, inv.nodes[0]).cgroup
+    cg = p.layout(inv, first.name).cgroup
     memory = Path("/sys/fs/cgroup/memory") / cg / "memory.limit_in_bytes"
     if memory.exists():  # cgroup v1 host: the inventory's limits are on the node's group
         assert int(memory.read_text()) == 768 * 2**20
@@ -174,10 +179,10 @@ def test_runc_container_prints_from_inside_a_machine(lab_cluster):
 def test_stop_and_start_keeps_the_disk(lab_cluster):
     p, inv = lab_cluster.provider, lab_cluster.inv
     node = inv.node("m-2")
-    lay = p.layout(inv, node)
+    lay = p.layout(inv, "m-2")
     lab_cluster.ssh("m-2", "echo kept-$(hostname) > /root/survivor && sync")
     p.stop(inv, node)
-    assert p.observe(inv, [node]) == {"m-2": MachineState.STOPPED}
+    assert p.observe(inv, ["m-2"]) == {"m-2": MachineState.STOPPED}
     # stopped = only the node's directory: no process, mount, namespace or cgroup
     assert not mounts.is_mounted(lay.root)
     assert not netns.exists(lay.netns)
@@ -186,18 +191,18 @@ def test_stop_and_start_keeps_the_disk(lab_cluster):
     p.stop(inv, node)  # stopping a stopped machine is harmless
 
     p.start(inv, node)
-    assert p.observe(inv, [node]) == {"m-2": MachineState.RUNNING}
+    assert p.observe(inv, ["m-2"]) == {"m-2": MachineState.RUNNING}
     # same host key (strict SSH still passes), same file
     assert lab_cluster.ssh("m-2", "cat /root/survivor").stdout == "kept-m-2\n"
 
 
 def test_ensure_again_reuses_running_machines(lab_cluster):
     p, inv = lab_cluster.provider, lab_cluster.inv
-    before = {n.name: p.layout(inv, n).pid() for n in inv.nodes}
+    before = {n: p.layout(inv, n).pid() for n in NODES}
     started = time.monotonic()
-    p.ensure(inv, inv.nodes)
+    assert p.ensure(inv, inv.nodes, say_nothing) == set()  # every one was running
     assert time.monotonic() - started < 20
-    assert {n.name: p.layout(inv, n).pid() for n in inv.nodes} == before
+    assert {n: p.layout(inv, n).pid() for n in NODES} == before
 
 
 def test_api_forward_reaches_the_lab(lab_cluster):
@@ -211,8 +216,13 @@ def test_api_forward_reaches_the_lab(lab_cluster):
                     f"s.bind(('{vip}', 6443)); s.listen(); "
                     "c, _ = s.accept(); c.sendall(b'api-here'); c.close()\" "
                     ">/dev/null 2>&1 &)")
-    port = p.forward_api(inv, listen_port=_free_port())
-    assert p.forward_api(inv, listen_port=port) == port  # idempotent
+    from copy import deepcopy
+
+    forwarded = deepcopy(inv)  # the inventory's apiForwardPort: a free one here
+    forwarded.spec.providers.local.api_forward_port = _free_port()
+    port = p.forward_api(forwarded)
+    assert port == forwarded.providers.local.api_forward_port
+    assert p.forward_api(forwarded) == port  # idempotent
     import socket
 
     deadline = time.monotonic() + 15
@@ -236,17 +246,17 @@ def _free_port() -> int:
 
 def test_destroy_leaves_nothing(lab_cluster):
     p, inv = lab_cluster.provider, lab_cluster.inv
-    assert p.known_machines(inv) == {n.name: str(n.address) for n in inv.nodes}
-    assert p.observe(inv, ["m-1"]) == {"m-1": MachineState.RUNNING}  # names work too
+    assert p.machines(inv) == {n.name: Machine(n.name, n.address, "local") for n in inv.nodes}
+    assert p.observe(inv, ["m-1"]) == {"m-1": MachineState.RUNNING}
     started = time.monotonic()
-    p.destroy(inv, inv.nodes)
+    p.destroy(inv, NODES)
     print(f"destroy: {time.monotonic() - started:.1f}s")
-    assert p.observe(inv, inv.nodes) == {n: MachineState.MISSING for n in NODES}
+    assert p.observe(inv, NODES) == {n: MachineState.MISSING for n in NODES}
     assert_no_leaks(lab_cluster.name, NODES)
     assert not lab_cluster.paths.machines_dir.exists()
-    assert p.known_machines(inv) == {}
+    assert p.machines(inv) == {}
     assert lab_cluster.paths.known_hosts.read_text().strip() == ""
-    p.destroy(inv, inv.nodes)  # twice is harmless
+    p.destroy(inv, NODES)  # twice is harmless
     assert_no_leaks(lab_cluster.name, NODES)
 
 
@@ -280,9 +290,9 @@ def test_failed_ensure_is_cleaned_by_destroy(lab_host, tmp_path, monkeypatch):
     provider.ssh_timeout = 0.0  # no time at all to answer SSH
     try:
         with pytest.raises(ProviderError, match="not reachable"):
-            provider.ensure(inv, inv.nodes)
+            provider.ensure(inv, inv.nodes, say_nothing)
     finally:
-        provider.destroy(inv, inv.nodes)
+        provider.destroy(inv, ["m-1"])
         assert_no_leaks(name, ["m-1"])
         sweep(name)
 
@@ -307,7 +317,7 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 from conftest import write_inventory
 inv = load_inventory(write_inventory(__import__("pathlib").Path({str(tmp_path)!r}) / "i.yaml",
                                      name, 1, net="10.251.2"))
-LocalProvider().ensure(inv, inv.nodes)
+LocalProvider().ensure(inv, inv.nodes, lambda _node, _message: None)
 print(name, flush=True)
 os._exit(0)  # "crash": no destroy
 """

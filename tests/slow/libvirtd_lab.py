@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from provision.lab import netns
-from provision.providers.local import kill_all
+from provision.lab.procs import kill_all
 
 LIBVIRTD_CONF = """\
 # private test libvirtd: unix socket only, root only

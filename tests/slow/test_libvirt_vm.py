@@ -135,7 +135,8 @@ def test_second_ensure_reuses_the_vm_and_reports_drift(vc: VMCluster) -> None:
     try:
         uuid = conn.lookupByName(f"pv-{vc.cluster}-vm-1").UUIDString()
         events: list[tuple[str, str]] = []
-        provider.ensure(inv, vm, lambda node, message: events.append((node, message)))
+        started = provider.ensure(inv, vm, lambda node, message: events.append((node, message)))
+        assert started == set()  # it was running
         assert ("vm-1", "running, reused") in events
         assert conn.lookupByName(f"pv-{vc.cluster}-vm-1").UUIDString() == uuid
         # a changed spec is reported (plan shows it), never applied
@@ -160,7 +161,7 @@ def test_stop_and_start_through_acpi(vc: VMCluster) -> None:
         started = time.monotonic()
         provider.stop(inv, node)  # ACPI: the guest powers itself off
         vc.timings["acpi_stop"] = round(time.monotonic() - started, 1)
-        assert provider.observe(inv, [node]) == {"vm-1": MachineState.STOPPED}
+        assert provider.observe(inv, ["vm-1"]) == {"vm-1": MachineState.STOPPED}
         assert vc.timings["acpi_stop"] < provider.stop_timeout  # not the hard power-off
         started = time.monotonic()
         provider.start(inv, node)

@@ -18,11 +18,25 @@ import pytest
 libvirt = pytest.importorskip("libvirt")
 
 from provision.errors import ProviderError  # noqa: E402
-from provision.inventory import parse_inventory  # noqa: E402
+from provision.inventory import Inventory, parse_inventory  # noqa: E402
 from provision.lab import vmimage  # noqa: E402
-from provision.providers import cloudinit  # noqa: E402
-from provision.providers import libvirt as lvp  # noqa: E402
-from provision.providers.base import MachineState, ProvidersInvalid, get_provider  # noqa: E402
+from provision.paths import ClusterPaths  # noqa: E402
+from provision.providers.base import (  # noqa: E402
+    Capability,
+    Machine,
+    MachineState,
+    ProvidersInvalid,
+    say_nothing,
+)
+from provision.providers.libvirt import (  # noqa: E402
+    LibvirtProvider,
+    cloudinit,
+    connection,
+    domain,
+    network,
+    volumes,
+)
+from provision.providers.registry import Providers, load  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "libvirt"
 TEST_URI = "test:///default"
@@ -41,16 +55,18 @@ providers:
 {extra}    defaults: {{cpus: 2, memory: 2Gi, disk: 8Gi}}
 nodes:
   - {{name: cp-1, roles: [control-plane], provider: libvirt, address: 10.40.0.11}}
-  - {{name: w-1, roles: [worker], provider: libvirt, address: 10.40.0.21,
+{worker}"""
+WORKER = """  - {{name: w-1, roles: [worker], provider: libvirt, address: 10.40.0.21,
      machine: {{cpus: 1, memory: {worker_memory}, disk: 6Gi}}, mac: "52:54:00:aa:bb:cc"}}
 """
 
 
 def make_inventory(name: str | None = None, uri: str = TEST_URI, pool: str = "default-pool",
-                   extra: str = "", worker_memory: str = "1Gi") -> Any:
+                   extra: str = "", worker_memory: str = "1Gi",
+                   with_worker: bool = True) -> Inventory:
     name = name or f"u{secrets.token_hex(3)}"
-    text = INVENTORY.format(name=name, uri=uri, pool=pool, extra=extra,
-                            worker_memory=worker_memory)
+    worker = WORKER.format(worker_memory=worker_memory) if with_worker else ""
+    text = INVENTORY.format(name=name, uri=uri, pool=pool, extra=extra, worker=worker)
     return parse_inventory(text, "inv.yaml")
 
 
@@ -88,7 +104,7 @@ def provider(state: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                           kernel=files / "vmlinuz", initrd=files / "initrd.img",
                           cmdline=FAKE_IMAGE.cmdline, digest=FAKE_IMAGE.digest)
     monkeypatch.setattr(vmimage, "ensure_vm_image", lambda _name, _log=None: img)
-    p = lvp.LibvirtProvider()
+    p = LibvirtProvider()
     p.uploads = {}  # type: ignore[attr-defined]
 
     def record(_conn: Any, vol: Any, src: bytes | Path) -> None:
@@ -96,7 +112,7 @@ def provider(state: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     p.upload = record
     p.image_name = lambda _image: img.name  # type: ignore[method-assign]
-    p._wait_ssh = lambda *_a, **_k: None  # type: ignore[method-assign]
+    p.wait_ssh = lambda *_a, **_k: None  # type: ignore[method-assign]
     yield p
     p.close()
 
@@ -108,10 +124,10 @@ def conn() -> Any:
 # --- rendering -------------------------------------------------------------------------
 
 
-def _render(inv: Any, node: str, dtype: str) -> str:
-    p = lvp.LibvirtProvider()
-    return p.render_domain(
-        inv, inv.node(node), domain_type=dtype, img=FAKE_IMAGE,
+def _render(inv: Inventory, node: str, dtype: str) -> str:
+    assert inv.providers.libvirt is not None
+    return domain.render_domain(
+        inv, inv.providers.libvirt, inv.node(node), domain_type=dtype, img=FAKE_IMAGE,
         disk=f"/pool/pv-{inv.name}-{node}.qcow2", seed=f"/pool/pv-{inv.name}-{node}-seed.iso",
         kernel="/pool/pv-base.vmlinuz", initrd="/pool/pv-base.initrd",
         host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeHostKeyForGoldenFiles")
@@ -127,7 +143,7 @@ def test_domain_xml_kvm_bridge_golden() -> None:
 
 
 def test_network_xml_golden() -> None:
-    golden("network.xml", lvp.LibvirtProvider().render_network(make_inventory("golden")))
+    golden("network.xml", network.render_network(make_inventory("golden")))
 
 
 def test_domain_xml_has_the_required_devices() -> None:
@@ -149,16 +165,16 @@ def test_domain_xml_has_the_required_devices() -> None:
 
 
 def test_derived_mac_is_stable_and_local() -> None:
-    lay = lvp.VMLayout("c", "n")
-    assert lay.mac(None) == lvp.VMLayout("c", "n").mac(None)
+    lay = domain.VMLayout("c", "n")
+    assert lay.mac(None) == domain.VMLayout("c", "n").mac(None)
     assert lay.mac(None).startswith("52:54:00:")
-    assert lay.mac(None) != lvp.VMLayout("c", "m").mac(None)
+    assert lay.mac(None) != domain.VMLayout("c", "m").mac(None)
 
 
 def test_seed_iso_carries_identity_and_keys() -> None:
     inv = make_inventory("seed")
     key = cloudinit.HostKey.generate()
-    seed = lvp.LibvirtProvider().seed(inv, inv.node("w-1"), key, "ssh-ed25519 AAAA cluster\n")
+    seed = domain.seed(inv, inv.node("w-1"), key, "ssh-ed25519 AAAA cluster\n")
     files = cloudinit.read_iso(cloudinit.build_iso(seed.files()))
     assert sorted(files) == ["meta-data", "network-config", "user-data"]
     import yaml
@@ -190,17 +206,19 @@ def _messages(problems: list[Any]) -> list[str]:
 
 
 def test_registered() -> None:
-    assert isinstance(get_provider("libvirt"), lvp.LibvirtProvider)
+    p = load("libvirt")
+    assert isinstance(p, LibvirtProvider)
+    assert p.capabilities == {Capability.CREATE, Capability.POWER, Capability.SERVICES}
 
 
 def test_check_passes_on_good_input(state: Path) -> None:
     inv = make_inventory()
-    assert _messages(lvp.LibvirtProvider().check(inv, inv.nodes)) == []
+    assert _messages(LibvirtProvider().validate(inv, inv.nodes)) == []
 
 
 def test_check_unknown_pool_and_network(state: Path) -> None:
     inv = make_inventory(pool="nope", extra="    network: nonet\n")
-    msgs = _messages(lvp.LibvirtProvider().check(inv, inv.nodes))
+    msgs = _messages(LibvirtProvider().validate(inv, inv.nodes))
     assert any("providers.libvirt.pool: unknown storage pool 'nope'" in m for m in msgs), msgs
     assert any("providers.libvirt.network: unknown libvirt network 'nonet'" in m
                for m in msgs), msgs
@@ -208,7 +226,7 @@ def test_check_unknown_pool_and_network(state: Path) -> None:
 
 def test_check_memory_too_small_for_the_role(state: Path) -> None:
     inv = make_inventory(worker_memory="512Mi")
-    msgs = _messages(lvp.LibvirtProvider().check(inv, inv.nodes))
+    msgs = _messages(LibvirtProvider().validate(inv, inv.nodes))
     assert msgs == ["nodes[w-1].machine.memory: 512 MiB is too little for a worker VM "
                     "(needs at least 1024 MiB)"], msgs
 
@@ -216,14 +234,14 @@ def test_check_memory_too_small_for_the_role(state: Path) -> None:
 def test_check_unreachable_uri_names_uri_and_libvirt_error(state: Path) -> None:
     uri = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
     inv = make_inventory(uri=uri)
-    msgs = _messages(lvp.LibvirtProvider().check(inv, inv.nodes))
+    msgs = _messages(LibvirtProvider().validate(inv, inv.nodes))
     assert len(msgs) == 1 and msgs[0].startswith(f"providers.libvirt.uri: cannot connect to {uri}")
     assert "virConnectOpen" in msgs[0] and "/nonexistent/libvirt-sock" in msgs[0]
 
 
 def test_check_missing_netns_and_bridge(state: Path) -> None:
     inv = make_inventory(extra="    bridge: nosuchbr0\n    netns: pv-no-such-ns\n")
-    msgs = _messages(lvp.LibvirtProvider().check(inv, inv.nodes))
+    msgs = _messages(LibvirtProvider().validate(inv, inv.nodes))
     assert any(m.startswith("providers.libvirt.netns: network namespace 'pv-no-such-ns'")
                for m in msgs), msgs
 
@@ -239,7 +257,7 @@ def test_ensure_refuses_bad_input_before_defining_anything(provider: Any) -> Non
     inv = make_inventory(worker_memory="256Mi")
     before = sorted(conn().listDefinedDomains())
     with pytest.raises(ProvidersInvalid, match="too little for a worker"):
-        provider.ensure(inv, inv.nodes)
+        provider.ensure(inv, inv.nodes, say_nothing)
     assert sorted(conn().listDefinedDomains()) == before
     assert provider.uploads == {}
 
@@ -249,18 +267,21 @@ def test_ensure_refuses_bad_input_before_defining_anything(provider: Any) -> Non
 
 def test_lifecycle(provider: Any) -> None:
     inv = make_inventory()
+    names = [n.name for n in inv.nodes]
+    known_hosts = ClusterPaths.for_cluster(inv.name).known_hosts
     said: list[tuple[str, str]] = []
-    provider.ensure(inv, inv.nodes, lambda n, m: said.append((n, m)))
+    started = provider.ensure(inv, inv.nodes, lambda n, m: said.append((n, m)))
+    assert started == {"cp-1", "w-1"}  # neither was running before
     c = conn()
     assert any("TCG" in m for _, m in said)  # the test driver offers no KVM
-    assert provider.observe(inv, inv.nodes) == {"cp-1": MachineState.RUNNING,
-                                                "w-1": MachineState.RUNNING}
+    assert provider.observe(inv, names) == {"cp-1": MachineState.RUNNING,
+                                            "w-1": MachineState.RUNNING}
     # the owned network, the overlay on the base image, the seed
     net = c.networkLookupByName(f"pv-{inv.name}")
     assert net.isActive() and "<dns enable='no'" in net.XMLDesc().replace('"', "'")
     pool = c.storagePoolLookupByName("default-pool")
     vols = set(pool.listVolumes())
-    base = lvp.base_volume_names(FAKE_IMAGE)
+    base = volumes.base_volume_names(FAKE_IMAGE)
     assert set(base.values()) <= vols
     for n in ("cp-1", "w-1"):
         assert {f"pv-{inv.name}-{n}.qcow2", f"pv-{inv.name}-{n}-seed.iso"} <= vols
@@ -271,14 +292,14 @@ def test_lifecycle(provider: Any) -> None:
     import yaml
 
     pub = yaml.safe_load(files["user-data"])["ssh_keys"]["ed25519_public"]
-    known = provider.paths(inv).known_hosts.read_text().splitlines()
+    known = known_hosts.read_text().splitlines()
     assert f"10.40.0.21 {pub}" in known
     dom = c.lookupByName(f"pv-{inv.name}-w-1")
-    assert lvp._domain_meta(dom)["hostkey"] == pub
+    assert domain.domain_meta(dom)["hostkey"] == pub
 
     # idempotent: a second ensure reuses everything
     said.clear()
-    provider.ensure(inv, inv.nodes, lambda n, m: said.append((n, m)))
+    assert provider.ensure(inv, inv.nodes, lambda n, m: said.append((n, m))) == set()
     assert ("w-1", "running, reused") in said and ("cp-1", "running, reused") in said
     assert not any("creating" in m for _, m in said)
 
@@ -293,23 +314,62 @@ def test_lifecycle(provider: Any) -> None:
 
     # stop / start
     provider.stop(inv, inv.node("w-1"))
-    assert provider.observe(inv, [inv.node("w-1")]) == {"w-1": MachineState.STOPPED}
+    assert provider.observe(inv, ["w-1"]) == {"w-1": MachineState.STOPPED}
     provider.start(inv, inv.node("w-1"))
-    assert provider.observe(inv, [inv.node("w-1")]) == {"w-1": MachineState.RUNNING}
+    assert provider.observe(inv, ["w-1"]) == {"w-1": MachineState.RUNNING}
+    # a stopped VM is started again by ensure, which says so
+    provider.stop(inv, inv.node("w-1"))
+    assert provider.ensure(inv, inv.nodes, say_nothing) == {"w-1"}
 
     # destroy one: the network stays for the other
-    provider.destroy(inv, [inv.node("w-1")])
-    assert provider.observe(inv, inv.nodes)["w-1"] == MachineState.MISSING
+    provider.destroy(inv, ["w-1"])
+    assert provider.observe(inv, names)["w-1"] == MachineState.MISSING
     assert c.networkLookupByName(f"pv-{inv.name}") is not None
     # destroy all: nothing of the cluster is left, only the shared base image
-    provider.destroy(inv, inv.nodes)
-    provider.destroy(inv, inv.nodes)  # idempotent
-    assert provider.observe(inv, inv.nodes) == {"cp-1": MachineState.MISSING,
-                                                "w-1": MachineState.MISSING}
+    provider.destroy(inv, names)
+    provider.destroy(inv, names)  # idempotent
+    assert provider.observe(inv, names) == {"cp-1": MachineState.MISSING,
+                                            "w-1": MachineState.MISSING}
     assert f"pv-{inv.name}" not in [n.name() for n in c.listAllNetworks()]
     left = [v for v in pool.listVolumes() if inv.name in v]
     assert left == []
-    assert "10.40.0.21" not in provider.paths(inv).known_hosts.read_text()
+    assert "10.40.0.21" not in known_hosts.read_text()
+
+
+def test_vm_of_a_node_removed_from_the_inventory_is_found_and_released(provider: Any) -> None:
+    """The libvirt host itself says which VMs a cluster has: a node dropped from the
+    inventory leaves a VM the inventory no longer names, with its address in the
+    domain's metadata, and destroy by name releases it."""
+    inv = make_inventory()
+    provider.ensure(inv, inv.nodes, say_nothing)
+    assert provider.machines(inv) == {"cp-1": Machine("cp-1", "10.40.0.11", "libvirt"),
+                                      "w-1": Machine("w-1", "10.40.0.21", "libvirt")}
+    smaller = make_inventory(inv.name, with_worker=False)
+    assert [n.name for n in smaller.nodes] == ["cp-1"]
+    providers = Providers(smaller)
+    try:
+        assert providers.orphans() == {"w-1": Machine("w-1", "10.40.0.21", "libvirt")}
+        assert providers.states(providers.orphans()) == {"w-1": MachineState.RUNNING}
+    finally:
+        providers.close()
+    # another cluster on the same libvirt host lists its own VMs only, not this w-1
+    other = make_inventory(with_worker=False)
+    provider.ensure(other, other.nodes, say_nothing)
+    try:
+        assert provider.machines(other) == {"cp-1": Machine("cp-1", "10.40.0.11", "libvirt")}
+    finally:
+        provider.destroy(other, ["cp-1"])
+
+    provider.destroy(smaller, ["w-1"])
+    c = conn()
+    assert f"pv-{inv.name}-w-1" not in [d.name() for d in c.listAllDomains(0)]
+    vols = c.storagePoolLookupByName("default-pool").listVolumes()
+    assert not [v for v in vols if v.startswith(f"pv-{inv.name}-w-1")]
+    assert set(provider.machines(smaller)) == {"cp-1"}
+    assert Providers(smaller).orphans() == {}
+    assert "10.40.0.21" not in ClusterPaths.for_cluster(inv.name).known_hosts.read_text()
+    provider.destroy(smaller, ["cp-1"])
+    assert provider.machines(smaller) == {}
 
 
 def test_existing_domain_of_another_cluster_is_refused(provider: Any) -> None:
@@ -318,7 +378,7 @@ def test_existing_domain_of_another_cluster_is_refused(provider: Any) -> None:
     c.defineXML(f"<domain type='test'><name>pv-{inv.name}-w-1</name><memory>1024</memory>"
                 "<os><type>hvm</type></os></domain>")
     try:
-        msgs = _messages(provider.check(inv, inv.nodes))
+        msgs = _messages(provider.validate(inv, inv.nodes))
         assert any("nodes[w-1].name" in m and "not this cluster's" in m for m in msgs), msgs
     finally:
         c.lookupByName(f"pv-{inv.name}-w-1").undefine()
@@ -330,7 +390,7 @@ def test_foreign_network_of_the_same_name_is_refused(provider: Any) -> None:
     net = c.networkDefineXML(f"<network><name>pv-{inv.name}</name>"
                              "<bridge name='pvforeign0'/></network>")
     try:
-        msgs = _messages(provider.check(inv, inv.nodes))
+        msgs = _messages(provider.validate(inv, inv.nodes))
         assert any("was not created by provision" in m for m in msgs), msgs
     finally:
         net.undefine()
@@ -344,7 +404,7 @@ def test_failure_names_the_libvirt_call_and_console_log(tmp_path: Path) -> None:
         def create(self) -> None:
             raise libvirt.libvirtError("no room for the guest")
 
-    with pytest.raises(ProviderError) as err, lvp.libvirt_call(
+    with pytest.raises(ProviderError) as err, connection.libvirt_call(
             "virDomainCreate", "w-1", str(log)):
         Boom().create()
     msg = str(err.value)
@@ -353,24 +413,23 @@ def test_failure_names_the_libvirt_call_and_console_log(tmp_path: Path) -> None:
 
 
 def test_accel_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = lvp.LibvirtProvider()
     c = conn()
     monkeypatch.setenv("PROVISION_LIBVIRT_ACCEL", "kvm")
-    assert p.domain_type(c) == "kvm"
+    assert connection.domain_type(c) == "kvm"
     monkeypatch.setenv("PROVISION_LIBVIRT_ACCEL", "tcg")
-    assert p.domain_type(c) == "qemu"
+    assert connection.domain_type(c) == "qemu"
     monkeypatch.setenv("PROVISION_LIBVIRT_ACCEL", "auto")
-    assert p.domain_type(c) == "qemu"  # the test driver offers no KVM domain caps
+    assert connection.domain_type(c) == "qemu"  # the test driver offers no KVM domain caps
 
 
 def test_ssh_endpoint_through_netns() -> None:
     inv = make_inventory("ep", extra="    netns: pv-lab\n")
-    ep = lvp.LibvirtProvider().ssh_endpoint(inv, inv.node("w-1"))
+    ep = LibvirtProvider().ssh_endpoint(inv, "w-1", inv.node("w-1").address)
     assert ep.address == "10.40.0.21" and ep.port == 22
     assert ep.proxy_command and ep.proxy_command.endswith(
         "-m provision.lab.nsproxy connect pv-lab %h %p")
     inv = make_inventory("ep")
-    assert lvp.LibvirtProvider().ssh_endpoint(inv, inv.node("w-1")).proxy_command is None
+    assert LibvirtProvider().ssh_endpoint(inv, "w-1", "10.40.0.21").proxy_command is None
 
 
 def test_vm_recipe_is_found_and_hashed() -> None:
