@@ -18,7 +18,7 @@ from pathlib import Path
 from provision.errors import BadInput
 from provision.paths import ClusterPaths
 
-CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+CHECKS_DIR = Path(__file__).resolve().parents[1] / "checks"  # provision/checks
 
 
 @dataclass
