@@ -25,6 +25,7 @@ from typing import Any
 import ansible_runner
 import yaml
 
+from provision.nodefacts import STAGE_MARKER_DIR
 from provision.paths import ClusterPaths, data_dir
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -90,7 +91,7 @@ def write_ansible_cfg(paths: ClusterPaths, roles_dir: Path | None = None) -> Pat
 
 def write_stage_playbook(paths: ClusterPaths, stage: str, roles: list[str], hosts: list[str],
                          serial: int, marker: dict[str, str],
-                         marker_dir: str = "/var/lib/provision/stages",
+                         marker_dir: str = STAGE_MARKER_DIR,
                          prepare: list[str] | None = None) -> Path:
     """The stage's roles on its hosts, then the stage marker on each host.
 
