@@ -3,6 +3,8 @@ TCP to every API server (VIP failover itself is exercised by the HA lab test).""
 
 import pytest
 
+from provision import nodefacts
+
 
 def test_services_active(host):
     for name in ("haproxy", "keepalived"):
@@ -16,9 +18,10 @@ def test_haproxy_listens_on_the_vip(host, cluster):
 
 
 def test_haproxy_has_every_api_server(host, cluster):
-    csv = host.run("curl -s --max-time 3 'http://127.0.0.1:8404/stats;csv'").stdout
+    csv = host.run("curl -s --max-time 3 "
+                   f"'http://127.0.0.1:{nodefacts.HAPROXY_STATS_PORT}/stats;csv'").stdout
     servers = {line.split(",")[1] for line in csv.splitlines()
-               if line.startswith("kube-apiserver,")
+               if line.startswith(f"{nodefacts.HAPROXY_API_BACKEND},")
                and line.split(",")[1] not in ("FRONTEND", "BACKEND")}
     assert servers == {n["name"] for n in cluster.with_role("control-plane")}, csv
 

@@ -3,7 +3,9 @@ scheduler and controller-manager have leaders, certificates carry the right name
 
 import json
 
-KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+from provision import nodefacts
+
+KUBECTL = f"kubectl --kubeconfig {nodefacts.ADMIN_KUBECONFIG}"
 
 
 def test_api_server_ready_on_this_node(host, cluster):
@@ -32,7 +34,7 @@ def test_leaders_elected(host):
 
 
 def test_certificate_names(host, cluster):
-    sans = host.run("openssl x509 -in /etc/kubernetes/pki/apiserver.crt"
+    sans = host.run(f"openssl x509 -in {nodefacts.KUBERNETES_PKI_DIR}/apiserver.crt"
                     " -noout -ext subjectAltName").stdout
     # Its own names: a certificate is made when its node joins, and nodes that join
     # later are not in the older ones (clients reach an API server by VIP or address).
@@ -43,10 +45,10 @@ def test_certificate_names(host, cluster):
 
 
 def test_external_etcd(host, cluster):
-    manifest = host.file("/etc/kubernetes/manifests/kube-apiserver.yaml").content_string
+    manifest = host.file(nodefacts.API_SERVER_MANIFEST).content_string
     for n in cluster.etcd_members:
-        assert f"https://{n['address']}:2379" in manifest
-    assert not host.file("/etc/kubernetes/manifests/etcd.yaml").exists
+        assert nodefacts.etcd_client_url(n["address"]) in manifest
+    assert not host.file(f"{nodefacts.STATIC_POD_DIR}/etcd.yaml").exists
 
 
 def test_node_registered(host, cluster):

@@ -5,17 +5,12 @@ import json
 
 import pytest
 
-PKI = "/etc/etcd/pki"
-TLS = f"--cacert {PKI}/ca.crt --cert {PKI}/operator.crt --key {PKI}/operator.key"
+from provision import nodefacts
 
 
-def etcdctl(host, args, endpoints):
-    return host.run(f"ETCDCTL_API=3 etcdctl --endpoints {endpoints} {TLS} "
-                    f"--dial-timeout 3s --command-timeout 5s {args}")
-
-
-def endpoint(node):
-    return f"https://{node['address']}:2379"
+def etcdctl(host, args, nodes):
+    endpoints = [nodefacts.etcd_client_url(n["address"]) for n in nodes]
+    return host.run(f"{nodefacts.etcdctl(endpoints)} {args}")
 
 
 def test_etcd_active(host):
@@ -24,31 +19,31 @@ def test_etcd_active(host):
 
 
 def test_every_endpoint_healthy(host, cluster):
-    endpoints = ",".join(endpoint(n) for n in cluster.etcd_members)
-    out = etcdctl(host, "endpoint health -w json", endpoints)
+    out = etcdctl(host, "endpoint health -w json", cluster.etcd_members)
     assert out.rc == 0, out.stderr or out.stdout
     health = {e["endpoint"]: e["health"] for e in json.loads(out.stdout)}
     assert all(health.values()) and len(health) == len(cluster.etcd_members), health
 
 
 def test_member_list_equals_inventory(host, cluster):
-    out = etcdctl(host, "member list -w json", endpoint(cluster["node"]))
+    out = etcdctl(host, "member list -w json", [cluster["node"]])
     assert out.rc == 0, out.stderr
     members = {m.get("name", ""): sorted(m["peerURLs"]) for m in json.loads(out.stdout)["members"]}
-    want = {n["name"]: [f"https://{n['address']}:2380"] for n in cluster.etcd_members}
+    want = {n["name"]: [nodefacts.etcd_peer_url(n["address"])] for n in cluster.etcd_members}
     # members of nodes leaving in this run go after the stages (provision/membership.py)
     leaving = set(cluster.get("provision_leaving_nodes", []))
     assert {k: v for k, v in members.items() if k not in leaving or k in want} == want
 
 
 def test_plain_http_client_refused(host, cluster):
-    out = host.run(f"curl -s --max-time 3 http://{cluster['node']['address']}:2379/health")
+    out = host.run(f"curl -s --max-time 3 "
+                   f"http://{cluster['node']['address']}:{nodefacts.ETCD_CLIENT_PORT}/health")
     assert '"health":"true"' not in out.stdout and '"health": "true"' not in out.stdout
 
 
 def test_client_without_certificate_refused(host, cluster):
-    out = host.run(f"curl -s --max-time 3 --cacert {PKI}/ca.crt "
-                   f"https://{cluster['node']['address']}:2379/health")
+    out = host.run(f"curl -s --max-time 3 --cacert {nodefacts.ETCD_CA_CERT} "
+                   f"{nodefacts.etcd_client_url(cluster['node']['address'])}/health")
     assert out.rc != 0 or "true" not in out.stdout
 
 
@@ -60,15 +55,16 @@ def test_client_from_another_ca_refused(host, cluster):
     try:
         if not host.file(f"{tmp}/c.pem").exists:
             pytest.skip("openssl is not installed on the node")
-        out = host.run(f"curl -s --max-time 3 --cacert {PKI}/ca.crt --cert {tmp}/c.pem "
-                       f"--key {tmp}/k.pem https://{cluster['node']['address']}:2379/health")
+        out = host.run(f"curl -s --max-time 3 --cacert {nodefacts.ETCD_CA_CERT} --cert {tmp}/c.pem "
+                       f"--key {tmp}/k.pem "
+                       f"{nodefacts.etcd_client_url(cluster['node']['address'])}/health")
         assert out.rc != 0 or "true" not in out.stdout
     finally:
         host.run(f"rm -rf {tmp}")
 
 
 def test_private_keys_are_0600(host):
-    keys = host.run(f"ls {PKI}/*.key").stdout.split()
+    keys = host.run(f"ls {nodefacts.ETCD_PKI_DIR}/*.key").stdout.split()
     assert keys
     for key in keys:
         f = host.file(key)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from provision import nodefacts
+
 
 def test_flannel_running_here(host):
     out = host.run("crictl ps --name kube-flannel --state running -q")
@@ -50,7 +52,7 @@ def test_routes_to_every_other_node(host, cluster):
 
 
 def test_node_ready(host, cluster):
-    out = host.run("kubectl --kubeconfig /etc/kubernetes/kubelet.conf"
+    out = host.run(f"kubectl --kubeconfig {nodefacts.KUBELET_KUBECONFIG}"
                    f" get node {cluster['node']['name']} -o json")
     assert out.rc == 0, out.stderr
     ready = {c["type"]: c["status"] for c in json.loads(out.stdout)["status"]["conditions"]}
@@ -91,7 +93,7 @@ NETCHECK_NS = "provision-netcheck"  # roles/cni: cni_netcheck_namespace
 NETCHECK_PORT = 8080  # roles/cni: cni_netcheck_port (the Service listens on 80)
 NETCHECK_BIN = "/netcheck"
 SWEEP_FLAGS = ("-timeout", "3s", "-attempts", "3")
-ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+ADMIN_KUBECTL = f"kubectl --kubeconfig {nodefacts.ADMIN_KUBECONFIG}"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 
 import json
 
+from provision import nodefacts
+
 
 def node_object(host, name):
-    out = host.run(f"kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node {name} -o json")
+    out = host.run(f"kubectl --kubeconfig {nodefacts.KUBELET_KUBECONFIG} get node {name} -o json")
     assert out.rc == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -231,12 +231,14 @@ def test_etcd_runs_the_roles_tls_configuration(namespaces, served, tmp_path):
                       ("members/m1/peer.crt", "peer.crt"), ("members/m1/peer.key", "peer.key")):
         shutil.copy(etcd_pki / src, conf / "pki" / dest)
     template = Path(__file__).resolve().parents[2] / "roles/etcd/templates/etcd.conf.yml.j2"
-    (conf / "etcd.conf.yml").write_text(jinja2.Template(template.read_text()).render(
+    (conf / "etcd.conf.yml").write_text(jinja2.Environment(
+        undefined=jinja2.StrictUndefined).from_string(template.read_text()).render(
         etcd_name="m1", etcd_data_dir=str(tmp_path / "data"), etcd_address=SERVER_IP,
         etcd_client_port=2379, etcd_peer_port=2380,
         etcd_initial_cluster=f"m1=https://{SERVER_IP}:2380", etcd_initial_cluster_state="new",
         etcd_cluster_token="pvart-etcd", etcd_heartbeat_interval=250,
-        etcd_election_timeout=2500, etcd_conf_dir=str(conf)))
+        etcd_election_timeout=2500, common_etcd_pki_dir=str(conf / "pki"),
+        common_etcd_ca_cert=str(conf / "pki" / "ca.crt")))
     log = tmp_path / "etcd.log"
     with open(log, "wb") as f:
         etcd = subprocess.Popen(["ip", "netns", "exec", srv, bin_dir / "etcd", "--config-file",
