@@ -16,7 +16,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -38,7 +37,7 @@ class FactsFile:
             raise ValueError(f"node facts: cannot read {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: node facts must be a mapping of variables")
-        self.data: dict[str, Any] = data
+        self.data: dict[str, object] = data
 
     def text(self, name: str) -> str:
         value = self._get(name)
@@ -65,7 +64,7 @@ class FactsFile:
                              f"{PREFIX}etcd_client_key)")
         return tuple(value)
 
-    def _get(self, name: str) -> Any:
+    def _get(self, name: str) -> object:
         key = PREFIX + name
         if key not in self.data:
             raise ValueError(f"{self.path}: node fact {key} is missing")
