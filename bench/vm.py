@@ -130,23 +130,23 @@ def join() -> dict[str, object]:
     """cp-1 (lab machine) + vm-1 (worker VM) through `provision up`; stage timings."""
     from vmcluster import vm_cluster
 
-    from provision import operations
+    from provision import commands
 
     base = Path(tempfile.mkdtemp(prefix="pv-bench-join-"))
     res: dict[str, object] = {}
     try:
         # pvvm<pid>: the slow tier's sweep removes it if this process dies
         with vm_cluster(base, f"pvvm{os.getpid()}") as vc:
-            summary = operations.up(vc.path)
+            summary = commands.up(vc.path)
             vc.record_up(summary)
             res["status"] = summary.status
             if summary.status != "ok":
                 res["error"] = summary.error
             else:
-                operations.kubeconfig(vc.path)
+                commands.kubeconfig(vc.path)
                 res["ready"] = vc.ready_nodes()
             started = time.monotonic()
-            operations.destroy(vc.path)
+            commands.destroy(vc.path)
             vc.destroyed = True
             vc.timings["destroy"] = round(time.monotonic() - started, 1)
             res.update(vc.timings)

@@ -14,7 +14,8 @@ run. One VM boot serves the whole module, in file order:
    connection, and its guest agent answers;
 3. a second ensure reuses it and a changed spec is reported, not applied; stop/start
    through ACPI;
-4. `provision destroy` leaves no domain, volume, network, process or namespace.
+4. vm-1 removed from the inventory: `up` drains it, resets it and destroys its VM;
+5. `provision destroy` leaves no domain, volume, network, process or namespace.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmcluster import NET, VM_CPUS, VM_DISK, VM_MEMORY, VMCluster, qemu_pids, vm_cluster
+from vmcluster import (
+    NET,
+    VM_CPUS,
+    VM_DISK,
+    VM_MEMORY,
+    VMCluster,
+    inventory_text,
+    qemu_pids,
+    vm_cluster,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +59,9 @@ def _mib(quantity: str) -> int:
 
 
 def test_up_makes_the_vm_a_ready_worker(vc: VMCluster) -> None:
-    from provision import operations
+    from provision import commands
 
-    summary = operations.up(vc.path)
+    summary = commands.up(vc.path)
     assert summary.status == "ok", f"{summary.error}\nreport: {summary.report_html}"
     report = vc.record_up(summary)
     print("up:", json.dumps(vc.timings))
@@ -63,7 +73,7 @@ def test_up_makes_the_vm_a_ready_worker(vc: VMCluster) -> None:
         assert any(c["node"] == "vm-1" and c["outcome"] == "passed" for c in checks[stage]), \
             (stage, checks[stage])
 
-    operations.kubeconfig(vc.path)
+    commands.kubeconfig(vc.path)
     assert vc.ready_nodes() == {"cp-1": PINNED, "vm-1": PINNED}
 
     # each kubelet runs with its own node's settings (kubeadm patch, roles/kubelet)
@@ -171,13 +181,46 @@ def test_stop_and_start_through_acpi(vc: VMCluster) -> None:
         provider.close()
 
 
+def test_a_vm_node_removed_from_the_inventory_is_drained_reset_and_released(
+        vc: VMCluster) -> None:
+    """The libvirt provider lists its machines (Capability.CREATE): a libvirt node
+    dropped from the inventory still has a VM to drain, reset and destroy, and only the
+    provider knows where it is."""
+    import libvirt
+
+    from provision import commands
+    from provision.plan import membership as planner
+
+    vc.path.write_text(inventory_text(vc.cluster, vc.lab, with_vm=False))
+    plan = commands.plan(vc.path)
+    assert plan.membership.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "vm-1")]
+    # /etc/hosts of cp-1 loses vm-1 (the hosts stage), then the removal's own steps
+    assert [(s.step.name, [c.node for c in s.changes]) for s in plan.steps if s.changes] == [
+        ("hosts", ["cp-1"]), (planner.DRAIN_AND_REMOVE_WORKER, ["vm-1"] * 5)]
+    started = time.monotonic()
+    summary = commands.up(vc.path)
+    vc.timings["remove_vm_node"] = round(time.monotonic() - started, 1)
+    assert summary.status == "ok", f"{summary.error}\nreport: {summary.report_html}"
+    conn = libvirt.open(vc.lab.uri)
+    try:
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByName(f"pv-{vc.cluster}-vm-1")
+        assert not [v for v in conn.storagePoolLookupByName(vc.lab.pool_name).listVolumes()
+                    if v.startswith(f"pv-{vc.cluster}-vm-1")]
+    finally:
+        conn.close()
+    assert qemu_pids(f"pv-{vc.cluster}-vm-1") == []
+    assert vc.ready_nodes() == {"cp-1": PINNED}
+    assert commands.plan(vc.path).membership.kinds() == [(planner.NOTHING, "-")]
+
+
 def test_destroy_leaves_nothing(vc: VMCluster) -> None:
-    from provision import operations
+    from provision import commands
     from provision.lab import netns
     from provision.lab.cleanup import leftovers
 
     started = time.monotonic()
-    operations.destroy(vc.path)
+    commands.destroy(vc.path)
     vc.destroyed = True
     vc.timings["destroy"] = round(time.monotonic() - started, 1)
     # The VM went first; then the local provider removed the lab namespace and every

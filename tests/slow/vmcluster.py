@@ -35,7 +35,12 @@ VM_MEMORY = "1536Mi"
 VM_DISK = "5Gi"
 
 
-def inventory_text(cluster: str, lab: LabLibvirtd, vm_memory: str = VM_MEMORY) -> str:
+def inventory_text(cluster: str, lab: LabLibvirtd, vm_memory: str = VM_MEMORY,
+                   with_vm: bool = True) -> str:
+    """``with_vm=False``: vm-1 removed from the inventory (libvirt stays configured)."""
+    vm = (f"""  - {{name: vm-1, roles: [worker], provider: libvirt, address: {NET}.21,
+     machine: {{cpus: {VM_CPUS}, memory: {vm_memory}, disk: {VM_DISK}}}}}
+""" if with_vm else "")
     return f"""\
 apiVersion: provision.dev/v1alpha1
 kind: Cluster
@@ -51,9 +56,7 @@ providers:
 nodes:
   - {{name: cp-1, roles: [control-plane], provider: local, address: {NET}.11,
      machine: {{cpus: 1, memory: 2Gi}}}}
-  - {{name: vm-1, roles: [worker], provider: libvirt, address: {NET}.21,
-     machine: {{cpus: {VM_CPUS}, memory: {vm_memory}, disk: {VM_DISK}}}}}
-"""
+{vm}"""
 
 
 @dataclass
@@ -168,7 +171,7 @@ def mirror_pids(gateway: str) -> list[int]:
 def vm_cluster(tmp: Path, cluster: str) -> Iterator[VMCluster]:
     """Image built, libvirtd running in pv-<cluster>, inventory written; nothing created
     yet. Everything is removed on the way out, also when the body failed."""
-    from provision import operations
+    from provision import commands
     from provision.lab import vmimage
     from provision.lab.cleanup import sweep
 
@@ -190,7 +193,7 @@ def vm_cluster(tmp: Path, cluster: str) -> Iterator[VMCluster]:
     finally:
         if not vc.destroyed and vc.path.exists():
             try:
-                operations.destroy(vc.path)
+                commands.destroy(vc.path)
             except Exception as e:  # noqa: BLE001 - the teardown below still runs
                 print(f"destroy during teardown failed: {e}")
         lab.stop()
