@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,7 @@ from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
 from provision.artifacts.locks import LockEntry
 from provision.errors import BadInput
-
-Progress = Callable[[str], None]
+from provision.report.progress import Say
 
 SOURCES = ("offline", "upstream")  # the inventory's artifacts.source
 
@@ -95,7 +94,7 @@ def image_defs(rel: versions.Release, source: str) -> list[images.ImageDef]:
     return images.own_image_defs(rel) if source == "upstream" else images.image_defs(rel)
 
 
-def official_binaries(rel: versions.Release, cache: Cache, progress: Progress,
+def official_binaries(rel: versions.Release, cache: Cache, progress: Say,
                       lock_dir: Path | None = None) -> list[Artifact]:
     """Online mode's kubeadm, kubelet, kubectl: the official files, downloaded (or found
     in the cache) and checked against the lock's pins."""
@@ -122,7 +121,7 @@ def _exclusive(cache: Cache, version: str) -> Iterator[None]:
 
 
 def _deb_pins(rel: versions.Release, lock: locks.Lock | None, update: bool,
-              progress: Progress) -> tuple[dict[str, str], set[str]]:
+              progress: Say) -> tuple[dict[str, str], set[str]]:
     """({package: version}, names used inside images)."""
     if lock is not None and not update and lock.of_kind("deb"):
         # .debs we build (etcd) are not downloaded from Debian
@@ -135,7 +134,7 @@ def _deb_pins(rel: versions.Release, lock: locks.Lock | None, update: bool,
     return debs.candidates(sorted(names)), image_names
 
 
-def build(version: str | None = None, progress: Progress | None = None, *,
+def build(version: str | None = None, progress: Say | None = None, *,
           source: str = "offline", update_lock: bool = False, cache: Cache | None = None,
           lock_dir: Path | None = None, log_dir: Path | None = None) -> ArtifactSet:
     """Build (or find in the cache) every artifact of a Kubernetes release for an

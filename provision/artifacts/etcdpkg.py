@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 from provision.artifacts.cache import Cache, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
-
-Progress = Callable[[str], None]
+from provision.report.progress import Say
 
 STEP = "etcd-debs"
 REVISION = "0provision1"
@@ -90,7 +88,7 @@ def _dpkg_deb(args: list[str], cwd: Path | None = None) -> str:
 
 
 def build_debs(etcd_version: str, binaries: dict[str, str], cache: Cache,
-               progress: Progress) -> dict:
+               progress: Say) -> dict:
     """Package the etcd binaries (``{name: blob sha256}``) as .debs, or find them in the
     cache. Returns a record shaped like ``debs.fetch``'s: {files: {package: {sha256,
     version, filename, arch}}}."""

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from provision.artifacts.cache import Cache, go_root, recipe_key
 from provision.artifacts.errors import ArtifactError, ToolchainMissing
+from provision.report.progress import Say
 
 GOMOD_DIR = Path(__file__).parent / "gomod"
 MIN_GO = (1, 26)
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def module_dir(module: str, version: str, env: dict[str, str], log: Path, cwd: P
     return Path(info["Dir"])
 
 
-def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Progress,
+def build_program(prog: GoProgram, cache: Cache, goversion: str, progress: Say,
                   log_dir: Path) -> dict:
     """Build (or find in the cache) one program. Returns the step record."""
     key = recipe_key(recipe(prog, goversion))

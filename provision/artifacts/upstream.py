@@ -28,15 +28,13 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from provision.artifacts import locks, versions
 from provision.artifacts.cache import Cache, disk_full
 from provision.artifacts.errors import ArtifactError, ChecksumMismatch, NotPinned
 from provision.artifacts.locks import LockEntry
-
-Progress = Callable[[str], None]
+from provision.report.progress import Say
 
 OFFICIAL_BASE = "https://dl.k8s.io"
 MIRROR_ENV = "PROVISION_UPSTREAM_URL"
@@ -95,7 +93,7 @@ def require_pins(version: str | None = None, lock_dir: Path | None = None
     return lock, entries
 
 
-def fetch(version: str | None = None, progress: Progress | None = None, *,
+def fetch(version: str | None = None, progress: Say | None = None, *,
           cache: Cache | None = None, lock_dir: Path | None = None,
           base_url: str | None = None) -> dict[str, Path]:
     """Download (or find in the cache) the official files of a release; ``{name: blob}``.
@@ -157,7 +155,7 @@ def _download(url: str, entry: LockEntry, cache: Cache, lock_name: str) -> None:
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def pin(version: str | None = None, progress: Progress | None = None, *,
+def pin(version: str | None = None, progress: Say | None = None, *,
         lock_dir: Path | None = None, base_url: str | None = None) -> locks.Lock:
     """Write the official checksums (``<url>.sha256``) into the lock's upstream list.
 

@@ -39,7 +39,7 @@ def pytest_pycollect_makemodule(module_path, parent):
     return None
 
 
-class Cluster(dict):
+class ClusterFacts(dict):
     """A dict of the check context with helpers; ``cluster["provision_api_vip"]``."""
 
     @property
@@ -95,8 +95,8 @@ def _host_name(host: Any) -> str:
 
 
 @pytest.fixture
-def cluster(host: Any, cluster_context: dict[str, Any]) -> Cluster:
-    c = Cluster(cluster_context)
+def cluster(host: Any, cluster_context: dict[str, Any]) -> ClusterFacts:
+    c = ClusterFacts(cluster_context)
     name = _host_name(host)
     c["node"] = next((n for n in c.nodes if n["name"] == name),
                      {"name": name, "address": "", "roles": []})

@@ -30,7 +30,7 @@ the first connection.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
@@ -39,13 +39,7 @@ from provision.errors import BadInput, ProviderError
 from provision.executors.ssh import SSHEndpoint
 from provision.inventory import Inventory, Node, Problem
 from provision.inventory.problems import Severity
-
-# news about one node: say(node_name, message), for the progress view
-NodeSay = Callable[[str, str], None]
-
-
-def say_nothing(_node: str, _message: str) -> None:
-    """A NodeSay for callers that show no progress."""
+from provision.report.progress import NodeSay, say_nothing
 
 
 class MachineState(StrEnum):

@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 
 FINAL = frozenset({"ok", "changed", "skipped", "failed"})
 
+# A line of news (artifact builds), and news about one node (providers): what long
+# work says while it runs, before the run's Progress shows it.
+Say = Callable[[str], None]
+NodeSay = Callable[[str, str], None]
+
+
+def say_nothing(_node: str, _message: str) -> None:
+    """A NodeSay for callers that show no progress."""
+
 
 class Progress(Protocol):
     """What a run tells about itself as it goes: ``Tee`` feeds the run record and the
