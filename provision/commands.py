@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,12 +157,25 @@ def up(inventory_path: Path, until: str | None = None, only: str | None = None,
     stages = load_pipeline(pipeline_name).narrowed(until=until, only=only)
     validate_providers(cluster)
     full = not (until or only or nodes) and pipeline_name == "cluster"
+
+    def work(ctx: RunContext) -> tuple[list[StepOutcome], str]:
+        return (reconcile(ctx, stages) if full else run_stages(ctx, stages, nodes)), ""
+
+    return _summarised(cluster, "up", inventory_path, work)
+
+
+def _summarised(cluster: ClusterContext, command: str, inventory_path: Path,
+                work: Callable[[RunContext], tuple[list[StepOutcome], str]]) -> RunSummary:
+    """Run ``work`` in a new run record: it returns the outcomes to report and an error
+    (empty when all went well). A failure of provision's ends the run as failed; bad
+    input (a refused plan) ends it as refused and is raised; Ctrl-C leaves a run that
+    the next one resumes."""
     started = time.time()
     error = ""
     outcomes: list[StepOutcome] = []
-    with _running(cluster, "up", inventory_path) as ctx:
+    with _running(cluster, command, inventory_path) as ctx:
         try:
-            outcomes = reconcile(ctx, stages) if full else run_stages(ctx, stages, nodes)
+            outcomes, error = work(ctx)
         except BadInput as exc:
             ctx.record.finish("refused", str(exc))
             ctx.progress.close()
@@ -170,11 +183,11 @@ def up(inventory_path: Path, until: str | None = None, only: str | None = None,
         except ProvisionError as exc:
             error = str(exc)
         except KeyboardInterrupt:
-            error = "interrupted; run `provision up` again to resume"
+            error = f"interrupted; run `provision {command}` again to resume"
         finally:
             _finish(ctx, error)
     return RunSummary(
-        command="up", cluster=cluster.inventory.name, status="failed" if error else "ok",
+        command=command, cluster=cluster.inventory.name, status="failed" if error else "ok",
         record_dir=str(ctx.record.dir), report_html=str(ctx.record.report_html),
         stages=[o.to_json() for o in outcomes], error=error,
         duration=round(time.time() - started, 3))
@@ -196,22 +209,14 @@ def verify(inventory_path: Path, only: str | None = None,
     """Every stage's checks, converging nothing."""
     cluster = ClusterContext.open(inventory_path)
     stages = load_pipeline().narrowed(only=only)
-    started = time.time()
-    error = ""
-    with _running(cluster, "verify", inventory_path) as ctx:
-        try:
-            ctx.ssh.write_config()
-            outcomes = run_steps(ctx, [CheckStage(s, nodes) for s in stages])
-            if any(o.status == "failed" for o in outcomes):
-                error = "some checks failed; see the report"
-        except ProvisionError as exc:
-            error = str(exc)
-        finally:
-            _finish(ctx, error)
-    return RunSummary(command="verify", cluster=cluster.inventory.name,
-                      status="failed" if error else "ok", record_dir=str(ctx.record.dir),
-                      report_html=str(ctx.record.report_html), error=error,
-                      duration=round(time.time() - started, 3))
+
+    def work(ctx: RunContext) -> tuple[list[StepOutcome], str]:
+        ctx.ssh.write_config()
+        outcomes = run_steps(ctx, [CheckStage(s, nodes) for s in stages])
+        failed = any(o.status == "failed" for o in outcomes)
+        return outcomes, "some checks failed; see the report" if failed else ""
+
+    return _summarised(cluster, "verify", inventory_path, work)
 
 
 def status(inventory_path: Path) -> ClusterStatus:
@@ -306,22 +311,15 @@ def restore(inventory_path: Path, snapshot: Path) -> RunSummary:
     """Rebuild etcd from ``snapshot``, bring the control plane back, verify everything."""
     check_snapshot(snapshot)  # bad input before anything is touched
     cluster = ClusterContext.open(inventory_path)
-    started = time.time()
-    error = ""
-    with _running(cluster, "restore", inventory_path) as ctx:
-        try:
-            run_step(ctx, Restore(snapshot))
-            checks = run_steps(ctx, [CheckStage(s) for s in load_pipeline().stages])
-            if any(o.status == "failed" for o in checks):
-                error = "restored, but some checks failed; see the report"
-        except ProvisionError as exc:
-            error = str(exc)
-        finally:
-            _finish(ctx, error)
-    return RunSummary(command="restore", cluster=cluster.inventory.name,
-                      status="failed" if error else "ok", record_dir=str(ctx.record.dir),
-                      report_html=str(ctx.record.report_html), error=error,
-                      duration=round(time.time() - started, 3))
+
+    def work(ctx: RunContext) -> tuple[list[StepOutcome], str]:
+        restored = run_step(ctx, Restore(snapshot))
+        checks = run_steps(ctx, [CheckStage(s) for s in load_pipeline().stages])
+        failed = any(o.status == "failed" for o in checks)
+        return [restored, *checks], ("restored, but some checks failed; see the report"
+                                     if failed else "")
+
+    return _summarised(cluster, "restore", inventory_path, work)
 
 
 def kubeconfig(inventory_path: Path, output: Path | None = None) -> Kubeconfig:

@@ -59,14 +59,8 @@ class View:
     def stage_started(self, stage: str, nodes: Sequence[str]) -> None:
         pass
 
-    def node_state(
-        self,
-        stage: str,
-        node: str,
-        state: str,
-        task: str | None = None,
-        elapsed: float | None = None,
-    ) -> None:
+    def node_state(self, stage: str, node: str, state: str, task: str | None = None,
+                   elapsed: float | None = None) -> None:
         pass
 
     def stage_finished(self, stage: str, status: str) -> None:
@@ -114,14 +108,8 @@ class _Tracker(View):
                 s.nodes[n] = _Node()
             self._on_stage_started(stage, list(nodes))
 
-    def node_state(
-        self,
-        stage: str,
-        node: str,
-        state: str,
-        task: str | None = None,
-        elapsed: float | None = None,
-    ) -> None:
+    def node_state(self, stage: str, node: str, state: str, task: str | None = None,
+                   elapsed: float | None = None) -> None:
         with self._lock:
             now = self._clock()
             n = self._stage(stage).nodes.setdefault(node, _Node())
@@ -278,43 +266,22 @@ class Tee:
         for v in self.views:
             v.stage_started(stage, nodes)
 
-    def node_state(
-        self,
-        stage: str,
-        node: str,
-        state: str,
-        task: str | None = None,
-        elapsed: float | None = None,
-    ) -> None:
+    def node_state(self, stage: str, node: str, state: str, task: str | None = None,
+                   elapsed: float | None = None) -> None:
         self.record.node_state(stage, node, state, task)
         for v in self.views:
             v.node_state(stage, node, state, self._r(task) if task else task, elapsed)
 
-    def node_result(
-        self,
-        stage: str,
-        node: str,
-        status: str,
-        started: float,
-        finished: float,
-        detail: str = "",
-        task: str | None = None,
-    ) -> None:
+    def node_result(self, stage: str, node: str, status: str, started: float,
+                    finished: float, detail: str = "", task: str | None = None) -> None:
         self.record.node_result(stage, node, status, started, finished, detail, task)
         for v in self.views:
             v.node_state(
                 stage, node, status, self._r(task) if task else task, elapsed=finished - started
             )
 
-    def check_result(
-        self,
-        stage: str,
-        node: str,
-        check_name: str,
-        outcome: str,
-        duration: float,
-        message: str = "",
-    ) -> None:
+    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
+                     duration: float, message: str = "") -> None:
         self.record.check_result(stage, node, check_name, outcome, duration, message)
         if outcome == "failed":
             self._views_message(f"[{stage}] {node}: check {check_name} failed: {message}")

@@ -202,16 +202,8 @@ class RunRecord:
     def message(self, text: str) -> None:
         self.log_line(text)
 
-    def node_result(
-        self,
-        stage: str,
-        node: str,
-        status: str,
-        started: float,
-        finished: float,
-        detail: str = "",
-        task: str | None = None,
-    ) -> None:
+    def node_result(self, stage: str, node: str, status: str, started: float,
+                    finished: float, detail: str = "", task: str | None = None) -> None:
         """A node's final result for a stage; ``started``/``finished`` are epoch floats."""
         if status not in NODE_STATUSES:
             raise ValueError(f"node status must be one of {NODE_STATUSES}, not {status!r}")
@@ -236,15 +228,8 @@ class RunRecord:
             line += f" task: {task}"
         self.log_line(line + ("\n" + textwrap.indent(detail, "  ") if detail else ""))
 
-    def check_result(
-        self,
-        stage: str,
-        node: str,
-        check_name: str,
-        outcome: str,
-        duration: float,
-        message: str = "",
-    ) -> None:
+    def check_result(self, stage: str, node: str, check_name: str, outcome: str,
+                     duration: float, message: str = "") -> None:
         if outcome not in CHECK_OUTCOMES:
             raise ValueError(f"check outcome must be one of {CHECK_OUTCOMES}, not {outcome!r}")
         result = CheckResult(node, self.redact(check_name), outcome, duration, self.redact(message))

@@ -137,8 +137,8 @@ def gate(ctx: RunContext, stage: Stage, names: list[str], result: VerifyResult,
                        started, log=result.junit)
 
 
-class MachinesStage(Step):
-    """The providers make every target node's machine exist and answer SSH."""
+class StageStep(Step):
+    """A pipeline stage on its target nodes (``only``: on these alone)."""
 
     def __init__(self, stage: Stage, only: Sequence[str] = ()) -> None:
         self.stage = stage
@@ -146,10 +146,17 @@ class MachinesStage(Step):
         self.name = stage.name
         self.title = stage.description or f"stage {stage.name}"
         self._started = 0.0
-        self._changed: set[str] = set()
 
     def nodes(self, ctx: ClusterContext) -> list[str]:
         return [n.name for n in stage_nodes(ctx, self.stage, self.only)]
+
+
+class MachinesStage(StageStep):
+    """The providers make every target node's machine exist and answer SSH."""
+
+    def __init__(self, stage: Stage, only: Sequence[str] = ()) -> None:
+        super().__init__(stage, only)
+        self._changed: set[str] = set()
 
     def plan(self, ctx: ClusterContext) -> list[Change]:
         nodes = stage_nodes(ctx, self.stage, self.only)
@@ -208,19 +215,12 @@ class MachinesStage(Step):
             ctx.progress.node_state(self.name, name, status)
 
 
-class RoleStage(Step):
+class RoleStage(StageStep):
     """A stage converged by Ansible roles (see the module docstring)."""
 
     def __init__(self, stage: Stage, only: Sequence[str] = ()) -> None:
-        self.stage = stage
-        self.only = tuple(only)
-        self.name = stage.name
-        self.title = stage.description or f"stage {stage.name}"
-        self._started = 0.0
+        super().__init__(stage, only)
         self._run: plays.PlayRun | None = None
-
-    def nodes(self, ctx: ClusterContext) -> list[str]:
-        return [n.name for n in stage_nodes(ctx, self.stage, self.only)]
 
     def _apply_to(self, ctx: ClusterContext) -> list[Node]:
         # A run_once stage (cluster-wide work such as applying the CNI) converges on its
@@ -320,10 +320,10 @@ class RoleStage(Step):
             ctx.progress.node_state(self.stage.name, name, status)
 
 
-def stage_step(stage: Stage, only: Sequence[str] = ()) -> Step:
+def stage_step(stage: Stage, only: Sequence[str] = ()) -> StageStep:
     """The step that converges ``stage`` (``only``: on these nodes alone)."""
     return MachinesStage(stage, only) if stage.provider_action else RoleStage(stage, only)
 
 
-__all__ = ["MachinesStage", "RoleStage", "check_stage", "fail", "gate", "role_closure",
+__all__ = ["MachinesStage", "RoleStage", "StageStep", "check_stage", "fail", "gate", "role_closure",
            "stage_hash", "stage_nodes", "stage_step"]

@@ -8,22 +8,17 @@ from collections.abc import Sequence
 
 from provision.pipeline import Stage
 from provision.run.context import ClusterContext, RunContext
-from provision.run.step import Change, Step, StepOutcome
-from provision.run.steps.stage import check_stage, stage_nodes
+from provision.run.step import Change, StepOutcome
+from provision.run.steps.stage import StageStep, check_stage
 
 
-class CheckStage(Step):
+class CheckStage(StageStep):
     """Every check of one stage on its nodes; the outcome says ``failed`` when any
     check failed (the caller decides whether that stops it)."""
 
     def __init__(self, stage: Stage, only: Sequence[str] = ()) -> None:
-        self.stage = stage
-        self.only = tuple(only)
-        self.name = stage.name
+        super().__init__(stage, only)
         self.title = f"check {stage.name}"
-
-    def nodes(self, ctx: ClusterContext) -> list[str]:
-        return [n.name for n in stage_nodes(ctx, self.stage, self.only)]
 
     def plan(self, ctx: ClusterContext) -> list[Change]:
         return []  # checks change nothing
