@@ -30,7 +30,7 @@ def test_member_list_equals_inventory(host, cluster):
     assert out.rc == 0, out.stderr
     members = {m.get("name", ""): sorted(m["peerURLs"]) for m in json.loads(out.stdout)["members"]}
     want = {n["name"]: [nodefacts.etcd_peer_url(n["address"])] for n in cluster.etcd_members}
-    # members of nodes leaving in this run go after the stages (provision/membership.py)
+    # members of nodes leaving in this run go after the stages (provision/run/steps/membership.py)
     leaving = set(cluster.get("provision_leaving_nodes", []))
     assert {k: v for k, v in members.items() if k not in leaving or k in want} == want
 

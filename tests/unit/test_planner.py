@@ -305,8 +305,8 @@ def test_etcdctl_script_uses_agreed_cert_paths():
     assert "endpoint health --cluster -w json" in script
 
 
-def test_observe_cluster_with_a_fake_runner(inv):
-    """observe_cluster wiring: probes, kubectl on the first answering control plane,
+def test_observe_membership_with_a_fake_runner(inv):
+    """observe_membership wiring: probes, kubectl on the first answering control plane,
     etcdctl on an etcd member; an unreachable node is reported, not guessed."""
     i = inv(workers=1)
     calls: list[str] = []
@@ -357,7 +357,7 @@ def test_observe_cluster_with_a_fake_runner(inv):
     assert "worker-9" in calls and "worker-9" in removed.reachable
 
 
-def test_observe_cluster_before_anything_is_built(inv):
+def test_observe_membership_before_anything_is_built(inv):
     i = inv(workers=0)
 
     def run(node: str, script: str) -> subprocess.CompletedProcess[str]:
@@ -377,7 +377,7 @@ def test_api_servers_without_the_named_backend_skip_loopback():
     assert [s.name for s in servers] == ["cp-1", "cp-2", "api-3"]
 
 
-def test_observe_cluster_joined_nodes_make_an_empty_answer_unknown(inv):
+def test_observe_membership_joined_nodes_make_an_empty_answer_unknown(inv):
     """Every control-plane node of the inventory is new, but a worker has joined a
     cluster: that is not a cluster to build from scratch."""
     i = inv(cps=("cp-4", "cp-5", "cp-6"), workers=1)
@@ -395,7 +395,7 @@ def test_observe_cluster_joined_nodes_make_an_empty_answer_unknown(inv):
     assert {a.kind for a in plan.actions} == {CREATE_MACHINE}
 
 
-def test_observe_cluster_kubectl_failing_everywhere_is_unknown(inv):
+def test_observe_membership_kubectl_failing_everywhere_is_unknown(inv):
     i = inv(workers=0)
 
     def run(node: str, script: str) -> subprocess.CompletedProcess[str]:

@@ -258,7 +258,7 @@ def test_haproxy_balances_every_api_server():
     out = render("api_lb", "haproxy.cfg.j2", apilb_vip="10.250.0.10", apilb_port=6443,
                  apilb_backend_port=6443, apilb_group="control_plane")
     assert "bind 10.250.0.10:6443" in out
-    # the backend's name is the one observe_cluster and the api-lb checks read
+    # the backend's name is the one the membership observation and the api-lb checks read
     assert "backend kube-apiserver\n" in out and "default_backend kube-apiserver\n" in out
     for _, address, roles in NODES:
         assert (f"{address}:6443" in out) == ("control-plane" in roles)
