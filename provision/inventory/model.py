@@ -182,12 +182,25 @@ class SshSpec(Spec):
 # --- machines and out-of-band management -------------------------------------------
 
 
-class MachineSize(Spec):
-    """Size of a machine: CPU and memory limits for local machines, VM size for libvirt."""
+class MachineSpec(Spec):
+    """A machine: CPU and memory limits for local machines, VM size for libvirt, the
+    disk to install on for bare metal."""
 
     cpus: int | None = Field(default=None, ge=1, le=1024, description="Number of CPUs.")
     memory: Size | None = Field(default=None, description="Memory, like 2Gi or 1536Mi.")
-    disk: Size | None = Field(default=None, description="Root disk size, like 20Gi (libvirt VMs).")
+    disk: Size | None = Field(
+        default=None,
+        description="Root disk size, like 20Gi (libvirt VMs; for pxe the smallest disk the "
+        "node image may be written to).",
+    )
+    root_device: str | None = Field(
+        default=None,
+        alias="rootDevice",
+        pattern=r"^/dev/[A-Za-z0-9/._:-]+$",
+        description="pxe: the disk the node image is written to, like /dev/sda or "
+        "/dev/disk/by-id/wwn-0x5000c500a0b1c2d3 (stable across reboots). Default: the "
+        "first disk the installer finds (NVMe, then SCSI/SATA, then virtio).",
+    )
 
     @property
     def memory_bytes(self) -> int | None:
@@ -224,6 +237,12 @@ class Bmc(Spec):
     verify_tls: bool = Field(
         default=True, alias="verifyTLS", description="Check the Redfish endpoint's TLS certificate."
     )
+    insecure: bool = Field(
+        default=False,
+        description="Accept talking to this Redfish BMC without a verified TLS connection "
+        "(an http:// address, or verifyTLS: false). Refused unless set: the BMC password "
+        "would cross the network unprotected or to a BMC nobody vouched for.",
+    )
 
     @field_validator("address")
     @classmethod
@@ -241,6 +260,23 @@ class Bmc(Spec):
             raise invalid(
                 "an IPMI BMC address is a host, not a URL",
                 "write the host or IP only, optionally with :port",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_unless_insecure(self) -> Bmc:
+        if self.type != "redfish" or self.insecure:
+            return self
+        if self.address.startswith("http://"):
+            raise invalid(
+                "a Redfish BMC over plain http:// would receive its password unprotected",
+                "use https://, or set insecure: true on this BMC to accept it",
+            )
+        if not self.verify_tls:
+            raise invalid(
+                "verifyTLS: false talks to any BMC that answers at this address",
+                "give the BMC a certificate the provisioner trusts, or set insecure: true "
+                "on this BMC to accept it",
             )
         return self
 
@@ -286,7 +322,7 @@ class LibvirtSettings(Spec):
     )
     pool: str = Field(default="default", description="Storage pool for the VM disks.")
     image: str = Field(default="debian-12", description="VM image recipe from images/.")
-    defaults: MachineSize | None = Field(
+    defaults: MachineSpec | None = Field(
         default=None,
         description="Machine size for libvirt nodes that set none (cpus, memory and disk "
         "are all required per node, from here or from the node/template).",
@@ -315,13 +351,42 @@ class PxeSettings(Spec):
         description="Provisioner address on the node subnet. Default: the gateway.",
     )
     image: str = Field(
-        default="debian-12", description="PXE image recipe (kernel, initrd, rootfs)."
+        default="debian-12",
+        description="Image recipe from images/ with kind = \"metal\": the installer "
+        "(kernel + initrd) and the node disk image.",
     )
     boot_timeout: int = Field(
         default=1800,
         alias="bootTimeout",
         ge=60,
         description="Seconds to wait for a machine to install and report done.",
+    )
+    dhcp: Literal["dedicated", "proxy"] = Field(
+        default="dedicated",
+        description="dedicated: provision's dnsmasq is the DHCP server of the provisioning "
+        "network and leases each node its inventory address (by MAC). proxy: another DHCP "
+        "server leases addresses; dnsmasq only adds the boot information (proxy DHCP).",
+    )
+    answer_unknown: bool = Field(
+        default=False,
+        alias="answerUnknown",
+        description="Answer DHCP/PXE requests of MACs the inventory does not name (they "
+        "get nothing to boot but a message). Default: ignore them.",
+    )
+    http_port: int = Field(
+        default=8090,
+        alias="httpPort",
+        ge=1,
+        le=65535,
+        description="Port of the boot HTTP server (iPXE scripts, installer, node image, "
+        "install callbacks) on serverAddress.",
+    )
+    netns: str | None = Field(
+        default=None,
+        description="Network namespace of this host where the provisioning network is "
+        "(a lab namespace): DHCP, TFTP and HTTP are served inside it. Default: the host's "
+        "own.",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
     )
 
 
@@ -361,7 +426,7 @@ class NodeSpec(Spec):
     )
     provider: ProviderName = Field(description="Which provider makes this machine.")
     address: IPv4 = Field(description="Static address in the node subnet, unique.")
-    machine: MachineSize | None = Field(default=None, description="Machine size.")
+    machine: MachineSpec | None = Field(default=None, description="Machine size.")
     mac: MAC | None = Field(
         default=None,
         description="MAC address of the boot NIC (required for pxe; optional for libvirt).",
@@ -390,8 +455,8 @@ class PoolSpec(Spec):
         alias="firstAddress",
         description="Address of <name>-1; node i gets firstAddress + i - 1.",
     )
-    template: MachineSize = Field(
-        default_factory=lambda: MachineSize(), description="Machine size of every node."
+    template: MachineSpec = Field(
+        default_factory=lambda: MachineSpec(), description="Machine size of every node."
     )
     macs: list[MAC] = Field(
         default_factory=list,
@@ -459,7 +524,7 @@ class Node(BaseModel):
     roles: frozenset[str]  # effective roles: includes etcd on co-located control planes
     provider: str
     address: str
-    machine: MachineSize = Field(default_factory=MachineSize)
+    machine: MachineSpec = Field(default_factory=MachineSpec)
     mac: str | None = None
     bmc: Bmc | None = None
     pool: str | None = None  # the pool it comes from, None for an explicit node
@@ -485,7 +550,7 @@ def expand_nodes(spec: ClusterSpec) -> list[Node]:
             roles=effective(list(n.roles)),
             provider=n.provider,
             address=n.address,
-            machine=n.machine or MachineSize(),
+            machine=n.machine or MachineSpec(),
             mac=n.mac,
             bmc=n.bmc,
         )

@@ -16,7 +16,7 @@ from provision.inventory.model import (
     ControlPlaneSpec,
     EtcdSpec,
     KubernetesSpec,
-    MachineSize,
+    MachineSpec,
     NetworkSpec,
     NodeSpec,
     PoolSpec,
@@ -51,7 +51,7 @@ class Placed:
     address: int | None  # None: beyond 255.255.255.255 (a pool that runs off the end)
     mac: str | None
     bmc: Bmc | None
-    machine: MachineSize
+    machine: MachineSpec
     origin: Loc  # ("nodes", i) or ("pools", j)
     pool: PoolSpec | None = None
     index: int = 0  # number in the pool
@@ -109,7 +109,7 @@ class Checker:
                 int(ipaddress.IPv4Address(n.address)),
                 n.mac,
                 n.bmc,
-                n.machine or MachineSize(),
+                n.machine or MachineSpec(),
                 ("nodes", i),
             )
             for i, n in self.s.nodes
@@ -469,7 +469,7 @@ class Checker:
                 providers.libvirt.defaults
                 if providers is not None and providers.libvirt is not None
                 else None
-            ) or MachineSize()
+            ) or MachineSpec()
             mloc: Loc = (*node.origin, "machine" if node.pool is None else "template")
             unset = [
                 key

@@ -32,7 +32,7 @@ echo $! > "$pidfile.tmp" && mv "$pidfile.tmp" "$pidfile"
 
 
 @dataclass
-class MachineSpec:
+class LaunchSpec:
     name: str  # machine name (-M): the node's namespace name, unique on the box
     root: Path  # the booted directory (the node's overlay mount)
     netns: str
@@ -43,7 +43,7 @@ class MachineSpec:
     binds: list[tuple[Path, str]] = field(default_factory=list)  # (host dir, node path)
 
 
-def command(spec: MachineSpec) -> list[str]:
+def command(spec: LaunchSpec) -> list[str]:
     cmd = [
         shutil.which("systemd-nspawn") or "systemd-nspawn",
         "--quiet",
@@ -66,7 +66,7 @@ def command(spec: MachineSpec) -> list[str]:
     return cmd
 
 
-def launch(spec: MachineSpec, timeout: float = 10) -> int:
+def launch(spec: LaunchSpec, timeout: float = 10) -> int:
     """Start the machine detached; returns nspawn's pid."""
     spec.pidfile.unlink(missing_ok=True)
     spec.console_log.parent.mkdir(parents=True, exist_ok=True)

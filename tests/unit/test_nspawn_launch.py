@@ -13,7 +13,7 @@ from provision.lab import nspawn
 
 
 def spec(tmp_path):
-    return nspawn.MachineSpec(name="pv-t-cp-1", root=tmp_path, netns="none",
+    return nspawn.LaunchSpec(name="pv-t-cp-1", root=tmp_path, netns="none",
                               hostname="cp-1", pidfile=tmp_path / "pid",
                               console_log=tmp_path / "console.log")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from provision import names
-from provision.inventory import Inventory, LibvirtSettings, MachineSize, Node
+from provision.inventory import Inventory, LibvirtSettings, MachineSpec, Node
 from provision.lab.vmimage import VMImage
 from provision.providers.libvirt import cloudinit, network
 from provision.providers.libvirt.render import NS, render
@@ -60,11 +60,11 @@ class VMLayout:
         return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
 
 
-def vm_size(s: LibvirtSettings, node: Node) -> MachineSize:
+def vm_size(s: LibvirtSettings, node: Node) -> MachineSpec:
     """The node's machine size, each value it leaves out from ``defaults``."""
-    d = s.defaults or MachineSize()
+    d = s.defaults or MachineSpec()
     m = node.machine
-    return MachineSize(cpus=m.cpus or d.cpus, memory=m.memory or d.memory,
+    return MachineSpec(cpus=m.cpus or d.cpus, memory=m.memory or d.memory,
                        disk=m.disk or d.disk)
 
 

@@ -87,8 +87,8 @@ def record_host_key(paths: ClusterPaths, node: Node, lay: NodeLayout) -> None:
     set_known_host(paths.known_hosts, node.address, f"{pub[0]} {pub[1]}")
 
 
-def machine_spec(lay: NodeLayout, node: Node) -> nspawn.MachineSpec:
-    return nspawn.MachineSpec(
+def machine_spec(lay: NodeLayout, node: Node) -> nspawn.LaunchSpec:
+    return nspawn.LaunchSpec(
         name=lay.machine, root=lay.root, netns=lay.netns, hostname=node.name,
         pidfile=lay.pidfile, console_log=lay.console_log,
         cgroup_procs=[p / "cgroup.procs" for p in cgroups.group_paths(lay.cgroup)],

@@ -1,0 +1,2 @@
+"""Bare metal: machines that network-boot from the provisioner, powered through their
+BMC (Redfish or IPMI), installed from the node image, then booted from their disk."""
