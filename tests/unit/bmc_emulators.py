@@ -32,9 +32,11 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class RedfishEmulator:
-    def __init__(self, tmp: Path, username: str = "admin", password: str = "s3cret") -> None:
+    def __init__(self, tmp: Path, username: str = "admin", password: str = "s3cret",
+                 systems: int = 1) -> None:
         self.tmp = tmp
         self.username, self.password = username, password
+        self.system_count = systems
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "sushy-emulator.log"
@@ -48,7 +50,11 @@ class RedfishEmulator:
         hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=4)).decode()
         htpasswd.write_text(f"{self.username}:{hashed}\n")
         config = self.tmp / "sushy.conf"
-        config.write_text(f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n")
+        fake = [{"uuid": f"00000000-0000-4000-8000-{i:012d}", "name": f"fake-{i}",
+                 "power_state": "Off", "external_notifier": False, "nics": []}
+                for i in range(1, self.system_count + 1)]
+        config.write_text(f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
+                          f"SUSHY_EMULATOR_FAKE_SYSTEMS = {fake!r}\n")
         emulator = Path(sys.executable).with_name("sushy-emulator")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(

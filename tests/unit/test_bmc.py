@@ -81,9 +81,13 @@ def test_redfish_wrong_password_names_node_and_bmc_not_the_password(tmp_path, mo
     assert "not-the-password" not in text
 
 
-def test_redfish_several_systems_need_a_system_id(tmp_path, monkeypatch, redfish):
-    if len(redfish.systems()) < 2:
-        pytest.fail("the fake driver of sushy-emulator serves several systems")
+def test_redfish_several_systems_need_a_system_id(tmp_path, monkeypatch):
+    with RedfishEmulator(tmp_path, systems=2) as redfish:
+        assert len(redfish.systems()) >= 2
+        several_systems(tmp_path, monkeypatch, redfish)
+
+
+def several_systems(tmp_path, monkeypatch, redfish):
     bmc = redfish_bmc(tmp_path, monkeypatch, redfish)
     with pytest.raises(bmclib.BmcError, match="no bmc.systemId"):
         bmc.power()
@@ -150,3 +154,17 @@ def test_the_password_is_never_on_the_ipmitool_command_line(tmp_path, monkeypatc
     argv, env_password = seen[0]
     assert ipmi.password not in " ".join(argv) and "-E" in argv
     assert env_password == ipmi.password
+
+
+def test_ipmi_bmc_that_does_not_answer(tmp_path, monkeypatch):
+    import socket
+
+    from bmc_emulators import free_port
+
+    class Nowhere:
+        address = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+        username = "ADMIN"
+        password = "x"
+
+    with pytest.raises(bmclib.BmcError, match="no answer from the BMC"):
+        ipmi_bmc(tmp_path, monkeypatch, Nowhere).power()

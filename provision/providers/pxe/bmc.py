@@ -211,8 +211,9 @@ class IpmiBmc(Bmc):
 
     def _run(self, *args: str, what: str) -> str:
         host, port = _host_port(self.settings.address, 623)
+        # -v: the session errors that tell a wrong password (RAKP) from no answer
         argv = ["ipmitool", "-I", "lanplus", "-H", host, "-p", str(port),
-                "-U", self._username, "-E", "-N", "2", "-R", "2", *args]
+                "-U", self._username, "-E", "-N", "2", "-R", "2", "-v", *args]
         env = {**os.environ, "IPMI_PASSWORD": self._password}
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env,
@@ -223,12 +224,18 @@ class IpmiBmc(Bmc):
             raise self.fail(f"{what}: no answer within {TIMEOUT:.0f}s",
                             "check bmc.address and that IPMI over LAN is enabled") from None
         if proc.returncode != 0:
-            error = _scrub(proc.stderr.strip() or proc.stdout.strip(), self._password)
-            if "RAKP" in error or "password" in error.lower() or "unauthorized" in error.lower():
-                raise self.fail(f"{what}: the BMC refused the login ({_first_line(error)})",
+            error = _scrub(proc.stderr, self._password)
+            lines = [ln for ln in error.splitlines() if "Error" in ln or "error" in ln
+                     or "invalid" in ln]
+            said = "; ".join(ln.strip("> ").strip() for ln in lines)[:300] \
+                or f"exit {proc.returncode}"
+            if "RAKP" in error or "unauthorized name" in error.lower():
+                raise self.fail(f"{what}: the BMC refused the login ({said})",
                                 "check bmc.username and the password its reference points at")
-            raise self.fail(f"{what} failed: {_first_line(error) or f'exit {proc.returncode}'}",
-                            "check bmc.address and that IPMI over LAN is enabled")
+            if "Get Auth Capabilities" in error or "Get Channel Authentication" in error:
+                raise self.fail(f"{what}: no answer from the BMC ({said})",
+                                "check bmc.address and that IPMI over LAN is enabled")
+            raise self.fail(f"{what} failed: {said}", "see the BMC's event log")
         return proc.stdout
 
     def power(self) -> PowerState:
