@@ -109,7 +109,7 @@ def test_ssh_refuses_a_wrong_host_key(lab_cluster):
 
 
 def test_machines_stage_checks_pass(lab_cluster, tmp_path):
-    from provision import verify
+    from provision.run import verify
 
     try:
         verify.check_module("machines")

@@ -292,7 +292,7 @@ def test_data_dir_in_site_packages(venv: Venv) -> None:
                              f"{sorted(got.keys() - want.keys())}, differing "
                              f"{sorted(k for k in want.keys() & got.keys() if want[k] != got[k])}")
     files = {n: found["dirs"][n]["files"] for n in DATA_DIRS}
-    roles = {k.split("/")[0] for k in files["roles"] if k.endswith("tasks/main.yml")}
+    roles = {k.split("/")[0] for k in files["roles"] if k.endswith("defaults/main.yml")}
     assert roles == {d.name for d in (REPO / "roles").iterdir() if d.is_dir()}, roles
     assert "cluster.yaml" in files["pipelines"], sorted(files["pipelines"])
     recipes = {k.split("/")[0] for k in files["images"] if k.endswith("/recipe.toml")}
