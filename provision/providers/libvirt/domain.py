@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from provision import names
 from provision.inventory import Inventory, LibvirtSettings, MachineSpec, Node
 from provision.lab.vmimage import VMImage
-from provision.providers.libvirt import cloudinit, network
+from provision.providers import cloudinit
+from provision.providers.libvirt import network
 from provision.providers.libvirt.render import NS, render
 
 if TYPE_CHECKING:

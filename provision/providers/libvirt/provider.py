@@ -15,7 +15,7 @@ from provision.executors.ssh import SSHEndpoint, close_masters, ensure_cluster_k
 from provision.inventory import Inventory, LibvirtSettings, Node, Problem
 from provision.lab import nsproxy, vmimage
 from provision.paths import ClusterPaths
-from provision.providers import services
+from provision.providers import cloudinit, services
 from provision.providers.base import (
     Capability,
     Machine,
@@ -25,7 +25,7 @@ from provision.providers.base import (
     raise_if_invalid,
     say_nothing,
 )
-from provision.providers.libvirt import boot, checks, cloudinit, domain, network, volumes
+from provision.providers.libvirt import boot, checks, domain, network, volumes
 from provision.providers.libvirt.connection import (
     Connections,
     domain_type,
