@@ -28,9 +28,9 @@ from provision.providers.base import (  # noqa: E402
     ProvidersInvalid,
     say_nothing,
 )
+from provision.providers import cloudinit  # noqa: E402
 from provision.providers.libvirt import (  # noqa: E402
     LibvirtProvider,
-    cloudinit,
     connection,
     domain,
     network,
