@@ -75,10 +75,11 @@ def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 @app.command()
 def validate(inventory: Inventory, output: OutputOpt = Output.text) -> None:
     """Check an inventory and report every problem with file, line and field; touches nothing."""
-    from provision.inventory import InventoryInvalid, load_inventory
+    from provision import commands
+    from provision.inventory import InventoryInvalid
 
     try:
-        inv = load_inventory(inventory)
+        inv = commands.validate(inventory)
     except InventoryInvalid as exc:
         if output is Output.json:
             _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]})

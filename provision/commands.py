@@ -20,10 +20,12 @@ import yaml
 
 from provision.errors import BadInput, ProvisionError
 from provision.executors import ssh
+from provision.inventory import Inventory, InventoryInvalid, load_inventory
 from provision.observe.transport import Json
 from provision.paths import ClusterPaths, write_secret
 from provision.pipeline import load_pipeline
 from provision.providers.base import Capability
+from provision.providers.registry import Providers
 from provision.report import RunRecord, Tee, make_view
 from provision.run import mirror
 from provision.run.context import ClusterContext, Options, RunContext
@@ -109,6 +111,18 @@ class Kubeconfig:
 
     def to_json(self) -> Json:
         return {"cluster": self.cluster, "kubeconfig": self.kubeconfig, "server": self.server}
+
+
+def validate(inventory_path: Path) -> Inventory:
+    """The inventory, checked by its own rules and by its providers' rules that need
+    nothing of this host (``provision validate``); raises InventoryInvalid with every
+    problem."""
+    inv = load_inventory(inventory_path)
+    problems = Providers(inv).problems(host=False)
+    if any(p.severity == "error" for p in problems):
+        raise InventoryInvalid([*inv.warnings, *problems])
+    inv.warnings.extend(problems)
+    return inv
 
 
 def validate_providers(ctx: ClusterContext) -> None:
@@ -365,4 +379,4 @@ def ssh_argv(inventory_path: Path, node: str, command: Sequence[str]) -> list[st
 
 __all__ = ["ClusterStatus", "Destroyed", "Kubeconfig", "Reset", "RunSummary", "backup",
            "destroy", "kubeconfig", "plan", "reset", "restore", "ssh_argv", "status", "up",
-           "validate_providers", "verify"]
+           "validate", "validate_providers", "verify"]

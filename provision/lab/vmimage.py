@@ -90,8 +90,8 @@ def _size(recipe: Path, value: object) -> int:
                        "(use e.g. 3Gi or 3072Mi)") from None
 
 
-def available() -> dict[str, VMRecipe]:
-    """Image name -> VM recipe, for every recipe with ``kind = "vm"``."""
+def available(kind: str = "vm") -> dict[str, VMRecipe]:
+    """Image name -> disk image recipe, for every recipe with ``kind`` (vm or metal)."""
     out: dict[str, VMRecipe] = {}
     seen: set[Path] = set()
     for r in image.available().values():
@@ -99,7 +99,7 @@ def available() -> dict[str, VMRecipe]:
             continue
         seen.add(r.path)
         data = tomllib.loads((r.path / "recipe.toml").read_text())
-        if data.get("kind") != "vm":
+        if data.get("kind") != kind:
             continue
         vr = VMRecipe(recipe=r, size=_size(r.path, data.get("size", "3Gi")),
                       cmdline=data.get("kernel_cmdline", DEFAULT_CMDLINE))
@@ -108,12 +108,13 @@ def available() -> dict[str, VMRecipe]:
     return out
 
 
-def find_recipe(name: str) -> VMRecipe:
-    recipes = available()
+def find_recipe(name: str, kind: str = "vm") -> VMRecipe:
+    recipes = available(kind)
     if name not in recipes:
         known = ", ".join(sorted(recipes)) or "none"
-        raise BadInput(f"no VM image recipe named {name!r} under {image.recipes_dir()} "
-                       f"(VM recipes have kind = \"vm\" in recipe.toml; known: {known})")
+        what = "VM" if kind == "vm" else kind
+        raise BadInput(f"no {what} image recipe named {name!r} under {image.recipes_dir()} "
+                       f"({kind} recipes have kind = \"{kind}\" in recipe.toml; known: {known})")
     return recipes[name]
 
 
@@ -148,47 +149,69 @@ def ensure_vm_image(name: str, log: Callable[[str], None] | None = None) -> VMIm
     return vr.built()
 
 
+def bootstrap(vr: VMRecipe, tmp: Path, say: Callable[[str], None]) -> Path:
+    """The recipe's rootfs in ``tmp/rootfs``, bootstrapped and customized (the log is
+    ``tmp/build.log``)."""
+    r = vr.recipe
+    rootfs = tmp / "rootfs"
+    logfile = tmp / "build.log"
+    say(f"building {r.kind} image {vr.name}-{vr.digest} (mmdebstrap {r.suite}, "
+        f"{len(r.packages)} packages)")
+    # mmdebstrap resolves --include with apt (debootstrap cannot configure
+    # cloud-init's Python dependencies in the right order).
+    _run([*NICE, "mmdebstrap", "--mode=root", f"--variant={r.variant}",
+          f"--include={','.join(r.packages)}", r.suite, str(rootfs), r.mirror], logfile)
+    image.apply_recipe_files(r.path, rootfs, logfile, f"{r.kind} image", NICE)
+    return rootfs
+
+
+def kernel_of(vr: VMRecipe, rootfs: Path) -> Path:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise ProviderError(f"the recipe {vr.recipe.path} installed no kernel in "
+                            f"{rootfs / 'boot'}: add a linux-image package to its packages")
+    return kernels[-1]
+
+
+def write_ext4(rootfs: Path, raw: Path, size: int, logfile: Path,
+               features: tuple[str, ...] = ()) -> None:
+    """``rootfs`` as an ext4 filesystem labelled root in the file ``raw``."""
+    with open(raw, "wb") as f:
+        f.truncate(size)
+    options = ["-O", ",".join(features)] if features else []
+    _run([*NICE, "mkfs.ext4", "-q", "-F", "-L", "root", *options, "-d", str(rootfs),
+          "-E", "root_owner=0:0", str(raw)], logfile)
+
+
 def _build(vr: VMRecipe, say: Callable[[str], None]) -> None:
     final = vr.disk_dir
-    r = vr.recipe
     with image.staged_build(final) as tmp:
         started = time.monotonic()
         logfile = tmp / "build.log"
-        rootfs = tmp / "rootfs"
-        say(f"building VM image {vr.name}-{vr.digest} (mmdebstrap {r.suite}, "
-            f"{len(r.packages)} packages)")
-        # mmdebstrap resolves --include with apt (debootstrap cannot configure
-        # cloud-init's Python dependencies in the right order).
-        _run([*NICE, "mmdebstrap", "--mode=root", f"--variant={r.variant}",
-              f"--include={','.join(r.packages)}", r.suite, str(rootfs), r.mirror], logfile)
-        image.apply_recipe_files(r.path, rootfs, logfile, "VM image", NICE)
-        boot = rootfs / "boot"
-        kernels = sorted(boot.glob("vmlinuz-*"))
-        initrds = sorted(boot.glob("initrd.img-*"))
-        if not kernels or not initrds:
-            raise ProviderError(f"the VM recipe {r.path} installed no kernel/initrd in "
-                                f"{boot}: add linux-image-cloud-amd64 to its packages")
-        shutil.copyfile(kernels[-1], tmp / "vmlinuz")
+        rootfs = bootstrap(vr, tmp, say)
+        kernel = kernel_of(vr, rootfs)
+        initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
+        if not initrds:
+            raise ProviderError(f"the VM recipe {vr.recipe.path} built no initrd: add "
+                                "initramfs-tools to its packages")
+        shutil.copyfile(kernel, tmp / "vmlinuz")
         shutil.copyfile(initrds[-1], tmp / "initrd.img")
         say(f"writing the root filesystem ({vr.size >> 20} MiB ext4 -> qcow2)")
         raw = tmp / "root.raw"
-        with open(raw, "wb") as f:
-            f.truncate(vr.size)
-        _run([*NICE, "mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs),
-              "-E", "root_owner=0:0", str(raw)], logfile)
+        write_ext4(rootfs, raw, vr.size, logfile)
         _run([*NICE, "qemu-img", "convert", "-f", "raw", "-O", "qcow2",
               str(raw), str(tmp / "root.qcow2")], logfile)
         raw.unlink()
         remove_tree(rootfs)  # the disk holds it now
         meta = {"recipe": vr.name, "digest": vr.digest, "cmdline": vr.cmdline,
-                "size": vr.size, "kernel": kernels[-1].name,
+                "size": vr.size, "kernel": kernel.name,
                 "seconds": round(time.monotonic() - started, 1)}
         (tmp / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
     say(f"VM image ready in {meta['seconds']}s: {final}")
 
 
 def _run(cmd: list[str], logfile: Path) -> None:
-    image.run_logged(cmd, logfile, "VM image")
+    image.run_logged(cmd, logfile, "disk image")
 
 
 def main() -> None:  # python -m provision.lab.vmimage [NAME]: build and print the paths

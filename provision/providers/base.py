@@ -79,8 +79,12 @@ class Provider(ABC):
     # --- every provider ------------------------------------------------------------
 
     @abstractmethod
-    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
-        """What stops this provider from making these machines; touches nothing."""
+    def validate(self, inv: Inventory, nodes: Sequence[Node], *,
+                 host: bool = True) -> list[Problem]:
+        """What stops this provider from making these machines; touches nothing.
+        ``host=False`` (``provision validate``): only what the inventory itself says
+        (recipes, sizes); True: also this host (root, tools, namespaces, connections,
+        credentials that must resolve)."""
 
     @abstractmethod
     def ensure(self, inv: Inventory, nodes: Sequence[Node], say: NodeSay) -> set[str]:

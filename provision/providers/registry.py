@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from provision.errors import BadInput
-from provision.inventory import Inventory, Node
+from provision.inventory import Inventory, Node, Problem
 from provision.providers.base import Capability, Machine, MachineState, Provider, SSHEndpoint
 
 # name -> "module:Class", imported on first use (libvirt-python is optional)
@@ -17,6 +17,7 @@ _REGISTRY: dict[str, str] = {
     "local": "provision.providers.local:LocalProvider",
     "static": "provision.providers.static:StaticProvider",
     "libvirt": "provision.providers.libvirt:LibvirtProvider",
+    "pxe": "provision.providers.pxe:PxeProvider",
 }
 
 
@@ -97,11 +98,16 @@ class Providers:
 
     # --- what the cluster needs of its providers ----------------------------------------
 
-    def validate(self, nodes: Sequence[Node] | None = None) -> list[str]:
-        """Every provider's problems with its nodes (errors only), as lines."""
+    def problems(self, nodes: Sequence[Node] | None = None, *,
+                 host: bool = True) -> list[Problem]:
+        """Every provider's problems with its nodes (see Provider.validate)."""
         groups = self.by_provider(self.inv.nodes if nodes is None else nodes)
-        return [str(p) for name, group in groups.items()
-                for p in self.get(name).validate(self.inv, group) if p.severity == "error"]
+        return [p for name, group in groups.items()
+                for p in self.get(name).validate(self.inv, group, host=host)]
+
+    def validate(self, nodes: Sequence[Node] | None = None, *, host: bool = True) -> list[str]:
+        """The errors of ``problems``, as lines."""
+        return [str(p) for p in self.problems(nodes, host=host) if p.severity == "error"]
 
     def service_host(self) -> Provider | None:
         """The provider that runs the artifact mirror: the first able to host services,

@@ -59,10 +59,16 @@ def stop(pidfile: Path, timeout: float = 10) -> None:
     pidfile.with_suffix(".args").unlink(missing_ok=True)
 
 
+def reload(pid: int) -> None:
+    """SIGHUP: a service that re-reads its files on it (dnsmasq: its hosts file)."""
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGHUP)
+
+
 def stop_all(machines_dir: Path) -> None:
     if machines_dir.is_dir():
         for pidfile in machines_dir.glob("service-*.pid"):
             stop(pidfile)
 
 
-__all__ = ["spawn", "stop", "stop_all"]
+__all__ = ["reload", "spawn", "stop", "stop_all"]

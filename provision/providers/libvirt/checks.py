@@ -35,8 +35,8 @@ class Named(Protocol):
 
 
 def problems(inv: Inventory, s: LibvirtSettings, nodes: Sequence[Node],
-             connections: Connections) -> list[Problem]:
-    if missing() is not None:
+             connections: Connections, *, host: bool = True) -> list[Problem]:
+    if host and missing() is not None:
         return [problem(inv, WHERE, "libvirt-python is not installed",
                         hint="pip install 'provision[libvirt]' (needs libvirt-dev, "
                         "pkg-config)")]
@@ -44,7 +44,7 @@ def problems(inv: Inventory, s: LibvirtSettings, nodes: Sequence[Node],
     recipe = None
     try:
         recipe = vmimage.find_recipe(s.image)
-        if not recipe.is_built():
+        if host and not recipe.is_built():
             needs = vmimage.build_requirements()
             if needs:
                 out.append(problem(inv, f"{WHERE}.image", f"image {s.image!r} is not "
@@ -53,6 +53,8 @@ def problems(inv: Inventory, s: LibvirtSettings, nodes: Sequence[Node],
         out.append(problem(inv, f"{WHERE}.image", str(e),
                            hint="add a recipe with kind = \"vm\" under images/"))
     out += node_problems(inv, s, nodes, recipe.size if recipe is not None else 0)
+    if not host:
+        return out
     if s.netns and not labnet.exists(s.netns):
         out.append(problem(inv, f"{WHERE}.netns", f"network namespace {s.netns!r} does "
                            "not exist", hint=f"create it (`ip netns add {s.netns}`) and "

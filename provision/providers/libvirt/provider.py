@@ -70,8 +70,9 @@ class LibvirtProvider(Provider):
 
     # --- every provider -----------------------------------------------------------------
 
-    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
-        return checks.problems(inv, settings(inv), nodes, self.connections)
+    def validate(self, inv: Inventory, nodes: Sequence[Node], *,
+                 host: bool = True) -> list[Problem]:
+        return checks.problems(inv, settings(inv), nodes, self.connections, host=host)
 
     def ensure(self, inv: Inventory, nodes: Sequence[Node], say: NodeSay) -> set[str]:
         raise_if_invalid(self, inv, nodes)

@@ -56,20 +56,21 @@ class LocalProvider(Provider):
 
     # --- every provider ----------------------------------------------------------------
 
-    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
+    def validate(self, inv: Inventory, nodes: Sequence[Node], *,
+                 host: bool = True) -> list[Problem]:
         out: list[Problem] = []
-        if os.geteuid() != 0:
+        if host and os.geteuid() != 0:
             out.append(problem(inv, "providers.local", "lab machines need root "
                                "(network namespaces, mounts, cgroups, systemd-nspawn)",
                                hint="run provision as root"))
         for tool, pkg in (("systemd-nspawn", "systemd-container"), ("ip", "iproute2")):
-            if not shutil.which(tool):
+            if host and not shutil.which(tool):
                 out.append(problem(inv, "providers.local", f"{tool} is not installed",
                                    hint=f"apt-get install {pkg}"))
         img = settings(inv).image
         try:
             recipe = image.find_recipe(img)
-            if not recipe.is_built() and not (shutil.which("debootstrap")
+            if host and not recipe.is_built() and not (shutil.which("debootstrap")
                                               or os.path.exists("/usr/sbin/debootstrap")):
                 out.append(problem(inv, "providers.local.image",
                                    f"image {img!r} is not built and debootstrap is missing",
@@ -84,7 +85,7 @@ class LocalProvider(Provider):
             return out + [problem(inv, "network.subnet", f"bad node subnet: {e}")]
         if gateway not in subnet:
             out.append(problem(inv, "network.gateway", f"gateway {gateway} is outside {subnet}"))
-        running = nspawn.find_machines(node_objects_prefix(inv.name))
+        running = nspawn.find_machines(node_objects_prefix(inv.name)) if host else {}
         for n in nodes:
             where = f"nodes[{n.name}]"
             try:
@@ -106,7 +107,7 @@ class LocalProvider(Provider):
                                    f"a systemd-nspawn machine named {lay.machine} is already "
                                    f"running (pid {pid}) and is not this cluster's",
                                    hint="rename the cluster or stop that machine"))
-            elif not lay.meta.exists() and netns.exists(lay.netns):
+            elif host and not lay.meta.exists() and netns.exists(lay.netns):
                 out.append(problem(inv, f"{where}.name",
                                    f"network namespace {lay.netns} exists and is not this "
                                    "cluster's", hint=f"left from a crashed run? "

@@ -28,9 +28,11 @@ def login(inv: Inventory) -> Login:
 class StaticProvider(Provider):
     name = "static"
 
-    def validate(self, inv: Inventory, nodes: Sequence[Node]) -> list[Problem]:
+    def validate(self, inv: Inventory, nodes: Sequence[Node], *,
+                 host: bool = True) -> list[Problem]:
         key = login(inv).key_file
-        if key != ClusterPaths.for_cluster(inv.name).ssh_private_key and not key.exists():
+        if host and key != ClusterPaths.for_cluster(inv.name).ssh_private_key \
+                and not key.exists():
             return [problem(inv, "ssh.privateKey", f"private key {key} does not exist")]
         return []
 
