@@ -138,6 +138,8 @@ class BootServer:
         d = self.install_dir(token)
         d.mkdir(parents=True, mode=0o700)
         os.chmod(d, 0o700)
+        # the installer reads the image through its own token, like everything else
+        config = {**config, "PV_IMAGE": f"{self.url}/install/{token}/root.img.zst"}
         (d / "config").write_text("".join(f"{k}={shell_quote(v)}\n" for k, v in config.items()))
         for name, data in seed.items():
             write_secret(d / "seed" / name, data)
