@@ -22,6 +22,15 @@ from pathlib import Path
 from provision.lab.procs import pid_in
 
 
+def running(machines_dir: Path, name: str, argv: list[str]) -> int | None:
+    """The pid of the service when it runs with these arguments, else None."""
+    pid = pid_in(machines_dir / f"service-{name}.pid")
+    args_file = machines_dir / f"service-{name}.args"
+    if pid is not None and args_file.exists() and args_file.read_text() == json.dumps(argv[1:]):
+        return pid
+    return None
+
+
 def spawn(machines_dir: Path, name: str, argv: list[str], prefix: list[str] | None = None
           ) -> int:
     """Start ``prefix + argv`` detached (its own session), unless it already runs with
@@ -71,4 +80,4 @@ def stop_all(machines_dir: Path) -> None:
             stop(pidfile)
 
 
-__all__ = ["reload", "spawn", "stop", "stop_all"]
+__all__ = ["reload", "running", "spawn", "stop", "stop_all"]

@@ -241,10 +241,12 @@ class PxeProvider(Provider):
         machines = ClusterPaths.for_cluster(inv.name).machines_dir
         prefix = ["ip", "netns", "exec", server.netns] if server.netns else []
         # the configuration file is named after its digest: a change restarts dnsmasq
-        pid = services.spawn(machines, DHCP_SERVICE, [
-            dnsmasq_binary() or "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}"],
-            prefix=prefix)
-        services.reload(pid)  # the hosts file may have changed: dnsmasq re-reads it
+        dhcp = [dnsmasq_binary() or "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}"]
+        pid = services.running(machines, DHCP_SERVICE, dhcp)
+        if pid is not None:
+            services.reload(pid)  # the hosts file may have changed: dnsmasq re-reads it
+        else:
+            services.spawn(machines, DHCP_SERVICE, dhcp, prefix=prefix)
         services.spawn(machines, HTTP_SERVICE, [
             sys.executable, "-m", "provision.providers.pxe.server", "--root",
             str(server.root), "--image", str(img.dir), "--address", server.address,
