@@ -46,12 +46,29 @@ def sweep() -> None:
         names |= {p.name for p in Path("/run/netns").iterdir()}
     names |= {p.name for p in Path("/tmp").glob(f"{LIBVIRTD_PREFIX}*")}
     names |= {p.name for p in Path("/tmp").glob("pv-pvvm*")}
+    names |= {p.name for p in Path("/tmp").glob("pv-pvbm*")}
     for name in sorted(names):
-        m = re.fullmatch(rf"(?:{LIBVIRTD_PREFIX}|pv-pvvm)(\d+)", name)
+        m = re.fullmatch(rf"(?:{LIBVIRTD_PREFIX}|pv-pvvm|pv-pvbm)(\d+)", name)
         if m and not _alive(int(m.group(1))):
             lab = LabLibvirtd(name)
             with contextlib.suppress(Exception):
                 lab.stop()
+    _end_orphaned_bmc_emulators()
+
+
+def _end_orphaned_bmc_emulators() -> None:
+    """BMC emulators (tests/slow/metallab.py) of a run that died: their own session,
+    re-parented to init, configured from a pytest temporary directory."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            argv = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes()
+            ours = b"/pytest-of-" in argv + env
+            if ppid == 1 and ours and (b"sushy-emulator" in argv or b"vbmcd" in argv):
+                os.kill(int(entry.name), 9)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ For each machine to install (``ensure``), in parallel:
    (images/metal) with the token; the installer writes the node image to the disk,
    the seed and the boot loader, uploads its log and calls back ``done``;
 4. the record says ``installed``: from now on that MAC's script boots from the disk,
-   so a machine that network-boots again is never reinstalled; the next boot is set to
-   the disk, the installer reboots, and the node answers SSH.
+   so a machine that network-boots again is never reinstalled; the installer powers
+   the machine off, the next boot is set to the disk through the BMC, the machine is
+   powered on and answers SSH.
 
 A machine that does not call back within ``bootTimeout`` fails with the last step the
 boot server saw for it (power-on, DHCP, TFTP, iPXE script, kernel, initrd, config,
@@ -63,7 +64,8 @@ from provision.providers.pxe.server import IMAGE_FILES
 
 DHCP_SERVICE = "pxe-dhcp"
 HTTP_SERVICE = "pxe-http"
-SSH_TIMEOUT = 600.0  # from "done" to SSH: a reboot through firmware, then systemd
+SSH_TIMEOUT = 600.0  # from power-on to SSH: firmware, then systemd and cloud-init
+POWER_OFF_TIMEOUT = 120.0  # from "done" to the installer's own power-off
 INSTALLER_CMDLINE = "console=tty0 console=ttyS0,115200n8 net.ifnames=0"
 
 
@@ -301,8 +303,15 @@ class PxeProvider(Provider):
         server.event(record, "power-on")
         bmc.power_on()
         self._wait_installed(inv, server, record, node, bmc, say)
-        bmc.boot_once(bmclib.BootDevice.DISK)
+        # The installer powers the machine off; then the next boot is the disk.
+        try:
+            bmc.wait_power(bmclib.PowerState.OFF, timeout=POWER_OFF_TIMEOUT)
+        except bmclib.BmcError:
+            bmc.power_off()
+            bmc.wait_power(bmclib.PowerState.OFF)
         say(node.name, "installed; booting from its disk")
+        bmc.boot_once(bmclib.BootDevice.DISK)
+        bmc.power_on()
         self._wait_ssh(inv, node, say, SSH_TIMEOUT)
 
     def _wait_installed(self, inv: Inventory, server: BootServer, record: Record,
