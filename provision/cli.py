@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -402,7 +403,14 @@ def _main(
     """Turn one inventory file into a verified, highly available Kubernetes cluster."""
 
 
+def _terminated(_signum: int, _frame: object) -> None:
+    # A cancelled CI job or `kill` ends a run the way Ctrl-C does: waits stop, the run
+    # record is finished, and the next `up` resumes from what the machines say.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

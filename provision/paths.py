@@ -33,6 +33,10 @@ def state_root() -> Path:
     return Path(explicit) if explicit else _xdg("XDG_STATE_HOME", ".local/state") / "provision"
 
 
+# Runtime files of provisioner services that drop their privileges (dnsmasq) and so
+# cannot read the private state directory: rebuilt on every `up`, gone at a reboot.
+RUN_ROOT = Path("/run/provision")
+
 DATA_DIRS = ("roles", "pipelines", "images")
 
 

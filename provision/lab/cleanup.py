@@ -19,6 +19,7 @@ from pathlib import Path
 
 from provision import names
 from provision.lab import cgroups, mounts, netns, nspawn
+from provision.paths import RUN_ROOT
 
 
 def _nsproxy_pids(prefix: str) -> list[int]:
@@ -52,10 +53,14 @@ def leftovers(prefix: str) -> list[str]:
     found += [f"mount: {m}" for m in _overlay_mounts(prefix)]
     found += [f"netns: {n}" for n in netns.listing() if n.startswith(ours)]
     found += [f"cgroup: {g}" for g in cgroups.listing(ours)]
-    prop = nspawn.PROPAGATE_DIR
-    if prop.is_dir():
-        found += [f"runtime dir: {d}" for d in prop.iterdir() if d.name.startswith(ours)]
+    for d in _runtime_dirs():
+        found += [f"runtime dir: {x}" for x in d.iterdir() if x.name.startswith(ours)]
     return found
+
+
+def _runtime_dirs() -> list[Path]:
+    """Where provision keeps per-cluster runtime files: nspawn's, the boot servers'."""
+    return [d for d in (nspawn.PROPAGATE_DIR, RUN_ROOT / "pxe") if d.is_dir()]
 
 
 def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list[str]:
@@ -102,9 +107,8 @@ def sweep(prefix: str, keep: Callable[[str], bool] = lambda name: False) -> list
                     os.kill(pid, signal.SIGKILL)
             netns.delete(n)
             removed.append(f"netns {n}")
-    prop = nspawn.PROPAGATE_DIR
-    if prop.is_dir():
-        for d in prop.iterdir():
+    for runtime in _runtime_dirs():
+        for d in runtime.iterdir():
             if d.name.startswith(ours) and not spared(d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(f"runtime dir {d}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,11 +137,37 @@ def connector(namespace: str | None) -> Connect:
 # --- waiting for machines -------------------------------------------------------------------
 
 
+class Interrupted(ProviderError):
+    """The command was interrupted while machines were being waited for."""
+
+
+_STOP = threading.Event()
+
+
+def stopping() -> bool:
+    """True once the command was interrupted: every wait loop ends at its next turn."""
+    return _STOP.is_set()
+
+
+def pause(seconds: float) -> None:
+    """``time.sleep`` that ends early, with Interrupted, when the command is stopping."""
+    if _STOP.wait(seconds):
+        raise Interrupted("interrupted")
+
+
 def wait_all(nodes: Sequence[Node], wait: Callable[[Node], str | None], what: str) -> None:
     """Run ``wait`` for every node at once; the errors it returns (one line a node) raise
-    ProviderError ``<what> not reachable``."""
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+    ProviderError ``<what> not reachable``. Ctrl-C (or SIGTERM turned into
+    KeyboardInterrupt) ends every wait at its next turn instead of its timeout."""
+    pool = ThreadPoolExecutor(max_workers=max(1, len(nodes)))
+    try:
         errors = [e for e in pool.map(wait, nodes) if e]
+    except BaseException:
+        _STOP.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _STOP.clear()
+        raise
+    pool.shutdown(wait=True)
     if errors:
         raise ProviderError(f"{what} not reachable:\n  " + "\n  ".join(errors))
 
@@ -173,6 +200,8 @@ class SSHWait:
         deadline = started + self.timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
+            if stopping():
+                return f"{node.name}: interrupted"
             why = self.gone(node)
             if why is not None:
                 return f"{node.name}: {why}{self.look(node)}"
@@ -181,7 +210,8 @@ class SSHWait:
                 probe(self.login, node.address, sock=sock, timeout=self.login_timeout)
             except Exception as e:  # noqa: BLE001 - retried until the deadline
                 last = e
-                time.sleep(self.pause)
+                if _STOP.wait(self.pause):
+                    return f"{node.name}: interrupted"
                 continue
             after = f" after {time.monotonic() - started:.0f}s" if self.timed else ""
             say(node.name, f"SSH reachable{after}")
@@ -210,6 +240,6 @@ def ensure_lab_bridge(inv: Inventory) -> str:
 
 
 __all__ = [
-    "SSH_PORT", "Connect", "HostKeyUnknown", "Login", "SSHWait", "connector",
-    "ensure_lab_bridge", "probe", "session", "set_known_host", "wait_all",
+    "SSH_PORT", "Connect", "HostKeyUnknown", "Interrupted", "Login", "SSHWait", "connector",
+    "ensure_lab_bridge", "pause", "probe", "session", "set_known_host", "stopping", "wait_all",
 ]

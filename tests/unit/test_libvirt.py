@@ -21,6 +21,7 @@ from provision.errors import ProviderError  # noqa: E402
 from provision.inventory import Inventory, parse_inventory  # noqa: E402
 from provision.lab import vmimage  # noqa: E402
 from provision.paths import ClusterPaths  # noqa: E402
+from provision.providers import cloudinit  # noqa: E402
 from provision.providers.base import (  # noqa: E402
     Capability,
     Machine,
@@ -28,7 +29,6 @@ from provision.providers.base import (  # noqa: E402
     ProvidersInvalid,
     say_nothing,
 )
-from provision.providers import cloudinit  # noqa: E402
 from provision.providers.libvirt import (  # noqa: E402
     LibvirtProvider,
     connection,

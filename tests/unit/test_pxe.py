@@ -58,7 +58,7 @@ def inventory(tmp_path: Path, pxe: str = "httpPort: 8090", **replace: str):
 
 def test_dedicated_dhcp_leases_known_macs_only_and_hands_ipxe_the_script(tmp_path):
     inv = inventory(tmp_path)
-    server = boot.BootServer.of(inv, tmp_path / "machines")
+    server = boot.BootServer.of(inv, tmp_path / "machines", tmp_path / "run")
     conf = server.prepare(inv).read_text()
     assert "port=0\n" in conf and "interface=br-lab\n" in conf  # no DNS
     assert "dhcp-range=10.20.0.0,static,255.255.255.0,1h" in conf
@@ -66,9 +66,9 @@ def test_dedicated_dhcp_leases_known_macs_only_and_hands_ipxe_the_script(tmp_pat
     assert "dhcp-boot=tag:ipxe,http://10.20.0.1:8090/boot.ipxe" in conf
     assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi" in conf
     assert "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe" in conf
-    hosts = (server.root / "hosts").read_text().splitlines()
+    hosts = (server.dhcp_root / "hosts").read_text().splitlines()
     assert hosts == ["52:54:00:aa:00:01,10.20.0.11,cp-1", "52:54:00:aa:00:02,10.20.0.21,w-1"]
-    assert {p.name for p in (server.root / "tftp").iterdir()} == set(boot.TFTP_FILES)
+    assert {p.name for p in (server.dhcp_root / "tftp").iterdir()} == set(boot.TFTP_FILES)
     # dnsmasq itself accepts the configuration
     check = subprocess.run(["dnsmasq", "--test", f"--conf-file={server.prepare(inv)}"],
                            capture_output=True, text=True)
@@ -77,7 +77,7 @@ def test_dedicated_dhcp_leases_known_macs_only_and_hands_ipxe_the_script(tmp_pat
 
 def test_proxy_dhcp_leases_nothing(tmp_path):
     inv = inventory(tmp_path, pxe="dhcp: proxy, answerUnknown: true, serverAddress: 10.20.0.2")
-    conf = boot.BootServer.of(inv, tmp_path / "machines").prepare(inv).read_text()
+    conf = boot.BootServer.of(inv, tmp_path / "machines", tmp_path / "run").prepare(inv).read_text()
     assert "dhcp-range=10.20.0.0,proxy,255.255.255.0" in conf
     assert "static" not in conf and "dhcp-ignore" not in conf
     assert "pxe-service=tag:!ipxe,x86PC" in conf
@@ -86,11 +86,11 @@ def test_proxy_dhcp_leases_nothing(tmp_path):
 
 def test_a_changed_configuration_is_a_new_file(tmp_path):
     inv = inventory(tmp_path)
-    server = boot.BootServer.of(inv, tmp_path / "machines")
+    server = boot.BootServer.of(inv, tmp_path / "machines", tmp_path / "run")
     first = server.prepare(inv)
     assert server.prepare(inv) == first
     other = inventory(tmp_path, pxe="dhcp: proxy")
-    second = boot.BootServer.of(other, tmp_path / "machines").prepare(other)
+    second = boot.BootServer.of(other, tmp_path / "machines", tmp_path / "run").prepare(other)
     assert second != first and not first.exists()
 
 
@@ -112,7 +112,7 @@ def test_scripts_install_then_boot_the_disk():
 def served(tmp_path):
     """The boot HTTP server on loopback over a boot directory with one install."""
     inv = inventory(tmp_path)
-    server = boot.BootServer.of(inv, tmp_path / "machines")
+    server = boot.BootServer.of(inv, tmp_path / "machines", tmp_path / "run")
     server.prepare(inv)
     image = tmp_path / "image"
     image.mkdir()
@@ -192,9 +192,9 @@ def test_failed_install_keeps_the_reason(served):
 
 def test_last_seen_reads_dnsmasq_for_dhcp_and_tftp(tmp_path):
     inv = inventory(tmp_path)
-    server = boot.BootServer.of(inv, tmp_path / "machines")
+    server = boot.BootServer.of(inv, tmp_path / "machines", tmp_path / "run")
     server.prepare(inv)
-    log = server.root / "dnsmasq.log"
+    log = server.dhcp_log
     log.write_text("Dec  6 01:00:00 dnsmasq-dhcp[1]: DHCPACK(br-lab) 10.20.0.21 "
                    "52:54:00:aa:00:02 w-1 (an earlier install)\n")
     record = server.new_install(boot.Record("w-1", "52:54:00:aa:00:02", "10.20.0.21"), {}, {})

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from provision.errors import ProviderError
 from provision.inventory import Inventory, Node
 from provision.inventory.model import Bmc as BmcSettings
+from provision.providers.machine import pause
 
 if TYPE_CHECKING:
     from sushy.resources.system.system import System
@@ -92,7 +93,7 @@ class Bmc(ABC):
             if time.monotonic() > deadline:
                 raise self.fail(f"power is still not {wanted} after {timeout:.0f}s",
                                 "check the machine in the BMC's own interface")
-            time.sleep(1)
+            pause(1)
 
 
 # --- Redfish ---------------------------------------------------------------------------

@@ -10,7 +10,16 @@ provision/providers/pxe/server.py):
     installs/<token>/  one install: config, the NoCloud seed (0600: it holds the node's
                        SSH host key), and what the installer reported (log, result)
     events/<node>.log  what the HTTP server served the node, one line per request
-    dnsmasq.log        dnsmasq's own log (DHCP and TFTP per MAC and address)
+    logs/              the installers' logs
+
+dnsmasq drops its privileges and the state directory is private (0700), so what it
+reads after starting lives in ``/run/provision/pxe/pv-<cluster>/`` (0755), rebuilt by
+every ``up``:
+
+    dnsmasq-<digest>.conf  DHCP (fixed address per MAC) and TFTP (iPXE for BIOS, UEFI)
+    hosts              <mac>,<address>,<node> per inventory node (dnsmasq re-reads it)
+    tftp/              undionly.kpxe, ipxe.efi, snponly.efi (Debian's ipxe package)
+    dnsmasq.log        dnsmasq's own log (DHCP and TFTP per MAC and address), leases
 
 A machine's phase decides its iPXE script: ``install`` boots the installer with the
 install's token; ``installed`` boots from its disk (``exit`` to the firmware, which
@@ -30,10 +39,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from provision import names
 from provision.inventory import Inventory, PxeSettings
-from provision.paths import write_secret
+from provision.paths import RUN_ROOT, write_secret
 
 IPXE_DIR = Path("/usr/lib/ipxe")
+RUN_DIR = RUN_ROOT / "pxe"
 TFTP_FILES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 
 # Steps of an install, in order, as "last seen" reports them
@@ -69,6 +80,7 @@ class BootServer:
     """Where the boot server listens, and its files."""
 
     root: Path
+    dhcp_root: Path  # what dnsmasq reads after dropping its privileges
     interface: str
     address: str  # serverAddress
     http_port: int
@@ -76,12 +88,17 @@ class BootServer:
     settings: PxeSettings = field(compare=False)
 
     @classmethod
-    def of(cls, inv: Inventory, machines_dir: Path) -> BootServer:
+    def of(cls, inv: Inventory, machines_dir: Path, run_dir: Path = RUN_DIR) -> BootServer:
         s = inv.providers.pxe
         if s is None:
             raise ValueError("providers.pxe is not configured")
         address = str(s.server_address or inv.network.gateway)
-        return cls(machines_dir / "pxe", s.interface, address, s.http_port, s.netns, s)
+        return cls(machines_dir / "pxe", run_dir / names.cluster_object(inv.name),
+                   s.interface, address, s.http_port, s.netns, s)
+
+    @property
+    def dhcp_log(self) -> Path:
+        return self.dhcp_root / "dnsmasq.log"
 
     @property
     def url(self) -> str:
@@ -144,7 +161,7 @@ class BootServer:
         for name, data in seed.items():
             write_secret(d / "seed" / name, data)
         self.events_path(record.node).unlink(missing_ok=True)
-        log = self.root / "dnsmasq.log"
+        log = self.dhcp_log
         record.phase, record.token, record.started, record.error = "install", token, \
             time.time(), ""
         record.log_offset = log.stat().st_size if log.is_file() else 0
@@ -169,7 +186,7 @@ class BootServer:
     def write_hosts(self, inv: Inventory) -> None:
         lines = [f"{n.mac},{n.address},{n.name}\n" for n in inv.nodes_for_provider("pxe")
                  if n.mac]
-        _write(self.root / "hosts", "".join(lines))
+        _write(self.dhcp_root / "hosts", "".join(lines))
 
     def write_dnsmasq_conf(self, inv: Inventory) -> Path:
         """``dnsmasq-<digest>.conf``: named after its content, so that a changed
@@ -181,13 +198,13 @@ class BootServer:
             "port=0",  # no DNS
             f"interface={self.interface}",
             "bind-dynamic",
-            f"pid-file={self.root / 'dnsmasq.pid'}",
-            f"log-facility={self.root / 'dnsmasq.log'}",
+            f"pid-file={self.dhcp_root / 'dnsmasq.pid'}",
+            f"log-facility={self.dhcp_log}",
             "log-dhcp",
-            f"dhcp-leasefile={self.root / 'dnsmasq.leases'}",
-            f"dhcp-hostsfile={self.root / 'hosts'}",
+            f"dhcp-leasefile={self.dhcp_root / 'dnsmasq.leases'}",
+            f"dhcp-hostsfile={self.dhcp_root / 'hosts'}",
             "enable-tftp",
-            f"tftp-root={self.root / 'tftp'}",
+            f"tftp-root={self.dhcp_root / 'tftp'}",
             "tftp-secure",
             # iPXE identifies itself with option 175; PXE ROMs get an iPXE to chain to
             "dhcp-match=set:ipxe,175",
@@ -211,8 +228,8 @@ class BootServer:
                   "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi",
                   "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe"]
         text = "\n".join(lines) + "\n"
-        path = self.root / f"dnsmasq-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
-        for old in self.root.glob("dnsmasq-*.conf"):
+        path = self.dhcp_root / f"dnsmasq-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
+        for old in self.dhcp_root.glob("dnsmasq-*.conf"):
             if old != path:
                 old.unlink()
         _write(path, text)
@@ -221,8 +238,10 @@ class BootServer:
     def prepare(self, inv: Inventory) -> Path:
         """Every file the services need, before they start; returns dnsmasq's
         configuration."""
-        tftp = self.root / "tftp"
+        tftp = self.dhcp_root / "tftp"
         tftp.mkdir(parents=True, exist_ok=True)
+        for d in (self.dhcp_root.parent, self.dhcp_root, tftp):
+            os.chmod(d, 0o755)
         for name in TFTP_FILES:
             src = IPXE_DIR / name
             if src.is_file() and not (tftp / name).exists():
@@ -250,7 +269,7 @@ class BootServer:
             for line in events.read_text(errors="replace").splitlines():
                 _, step, *detail = line.split(" ", 2) + [""]
                 seen[step] = detail[0]
-        log = self.root / "dnsmasq.log"
+        log = self.dhcp_log
         if log.is_file():
             mac = record.mac.lower()
             with log.open("rb") as f:

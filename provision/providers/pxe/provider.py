@@ -54,6 +54,7 @@ from provision.providers.machine import (
     Login,
     SSHWait,
     connector,
+    pause,
     probe,
     set_known_host,
     wait_all,
@@ -199,6 +200,8 @@ class PxeProvider(Provider):
                     self._boot_from_disk(inv, node, say)
                 else:
                     self._install(inv, server, img, node, say)
+            except bmclib.BmcError as e:
+                return str(e)
             except ProviderError as e:
                 return f"{node.name}: {e}"
             return None
@@ -233,6 +236,7 @@ class PxeProvider(Provider):
         if not server.records():
             for service in (DHCP_SERVICE, HTTP_SERVICE):
                 services.stop(paths.machines_dir / f"service-{service}.pid")
+            shutil.rmtree(server.dhcp_root, ignore_errors=True)
 
     # --- the boot server ---------------------------------------------------------------
 
@@ -334,9 +338,9 @@ class PxeProvider(Provider):
                     f"{bmc.where}: the install did not report within bootTimeout "
                     f"({timeout}s); the last step seen was {step!r}"
                     f"{f' ({detail})' if detail else ''} of {', '.join(STEPS)}; "
-                    f"boot server log: {server.root / 'dnsmasq.log'}, "
+                    f"boot server log: {server.dhcp_log}, "
                     f"events: {server.events_path(node.name)}")
-            time.sleep(2)
+            pause(2)
         status, detail = result
         log = server.finish(record, "installed" if status == "done" else "failed", detail)
         if status != "done":
