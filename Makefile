@@ -10,11 +10,13 @@ INVENTORY ?= inventories/local.yaml
 PYTEST_ARGS ?=
 
 # Debian packages the provisioner host needs (lab machines, artifact build and serving).
-# The slow tier adds libvirt and qemu (TCG virtual machines).
+# The slow tier adds libvirt and qemu (TCG virtual machines); bare metal adds dnsmasq
+# (DHCP, TFTP), iPXE, ipmitool and zstd (the node image).
 HOST_PACKAGES := systemd-container debootstrap mmdebstrap iproute2 iptables socat \
 	openssh-client nginx-light docker-registry dpkg-dev apt-utils busybox-static \
 	ca-certificates curl python3-venv \
-	libvirt-daemon-system qemu-system-x86 qemu-utils ipxe-qemu libvirt-dev pkg-config
+	libvirt-daemon-system qemu-system-x86 qemu-utils ipxe-qemu libvirt-dev pkg-config \
+	dnsmasq-base ipxe ipmitool zstd
 
 .PHONY: deps host-deps venv artifacts up test test-unit test-lab lint bench clean
 
