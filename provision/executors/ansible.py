@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ansible_runner
+import ansible_runner.interface
 import yaml
 
 from provision.paths import ClusterPaths, data_dir
@@ -194,7 +195,7 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
         on_event(event)
         return True
 
-    runner = ansible_runner.run(
+    runner = ansible_runner.interface.init_runner(
         private_data_dir=str(work_dir),
         playbook=str(playbook),
         inventory=str(inventory),
@@ -210,10 +211,31 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
         cancel_callback=(lambda: cancel.is_set()) if cancel else None,
         quiet=True,
         rotate_artifacts=1,
+        suppress_env_files=True,
     )
+    runner.config.env = ansible_env(runner.config.env)
+    runner.run()
     # ansible-runner keeps the full human-readable output beside its events
     stdout = Path(runner.config.artifact_dir) / "stdout"
     return PlaybookResult(rc=int(runner.rc or 0), hosts=outcomes, stdout_path=stdout)
+
+
+# What ansible-playbook inherits from provision's environment. ansible-runner copies the
+# whole environment into the child and into its run record (artifacts/<id>/command),
+# and that environment can hold secrets: a BMC password or a token that the inventory
+# names as ``env:VAR``. Ansible needs none of them: it gets the variables below, the
+# ones ansible-runner and the executor set (ANSIBLE_*, runner's own), and nothing else.
+INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
+                           "TMPDIR", "TERM", "PYTHONPATH"})
+
+
+def ansible_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` (ansible-runner's, os.environ plus its own) without what provision's
+    environment holds beyond INHERITED_ENV: ANSIBLE_* and ansible-runner's variables
+    are kept, every other variable is dropped."""
+    return {k: v for k, v in env.items()
+            if k in INHERITED_ENV or k.startswith(("ANSIBLE_", "LC_", "AWX_", "RUNNER_"))
+            or k in ("AD_HOC_COMMAND_ID", "ORIGINAL_STDOUT_CALLBACK", "JOB_ID")}
 
 
 def output_tail(result: PlaybookResult, lines: int = 8) -> str:

@@ -1,4 +1,6 @@
+import json
 import stat
+import sys
 
 import yaml
 
@@ -89,3 +91,31 @@ def test_parse_junit_maps_checks_to_nodes(tmp_path):
     assert by[("cp-1", "test_ntp")].outcome == "skipped"
     assert result.failed_nodes() == {"cp-10"}
     assert result.passed_nodes(["cp-1", "cp-10"]) == {"cp-1"}
+
+
+def test_provisions_environment_never_reaches_ansible_or_its_run_record(tmp_path, monkeypatch):
+    """A secret an inventory names as env:VAR lives in provision's environment; ansible
+    (a real ansible-playbook on localhost) neither sees it nor records it: ansible-runner
+    copies the environment into its artifacts/<id>/command, which the run record keeps."""
+    secret = "bmc-password-4f1c9e"
+    monkeypatch.setenv("PV_TEST_BMC_PASSWORD", secret)
+    paths = ClusterPaths(tmp_path / "c")
+    ansible.write_ansible_cfg(paths)
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text("all: {hosts: {localhost: {ansible_connection: local, "
+                         "ansible_python_interpreter: " + sys.executable + "}}}\n")
+    playbook = tmp_path / "play.yaml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.command: printenv PV_TEST_BMC_PASSWORD\n"
+        "      register: seen\n      changed_when: false\n      failed_when: seen.rc not in [0, 1]\n"
+        "    - ansible.builtin.assert: {that: [seen.rc == 1, seen.stdout == '']}\n")
+    result = ansible.run_playbook(paths, playbook, inventory, tmp_path / "run", lambda e: None)
+    assert result.rc == 0 and result.hosts["localhost"].status == "ok", \
+        result.stdout_path.read_text() if result.stdout_path else result
+    records = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "command" for p in records)  # the file that used to hold it
+    assert [p for p in records if secret.encode() in p.read_bytes()] == []
+    # ...while what ansible needs still reaches it
+    command = next(p for p in records if p.name == "command")
+    assert "ANSIBLE_CONFIG" in json.loads(command.read_text())["env"]
