@@ -12,7 +12,9 @@ bare-metal world uses in its own CI.
   ``vbmc`` per machine.
 
 The cluster: lab machine ``cp-1`` (local provider: control plane, artifact mirror in
-the lab namespace) and the pxe machines as workers; provision's dnsmasq and boot
+the lab namespace) and the pxe machines as workers, with (``with_vm``) the libvirt VM
+``vm-1`` of vmcluster.py as one more worker in the same namespace and libvirtd: the
+slow tier boots its TCG guests once, for both providers. provision's dnsmasq and boot
 HTTP server run in the lab namespace on br-lab. ``metal_lab()`` always removes
 everything: provision destroy, the BMC emulators, libvirtd, the namespace.
 """
@@ -34,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libvirtd_lab import LabLibvirtd
+from vmcluster import VM_MEMORY, VMCluster, cluster_yaml, libvirt_yaml, vm_yaml
 
 NET = "10.254.9"
 FORWARD_PORT = 16464
+VM_ADDRESS = f"{NET}.31"  # vm-1, when the lab has it
 DISK = "6Gi"
 MEMORY_MIB = 1536
 
@@ -49,82 +53,57 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 @dataclass
 class Machine:
-    """One emulated bare-metal machine and its BMC."""
+    """One emulated bare-metal machine and its BMCs: the inventory names ``bmc``; an
+    IPMI BMC (virtualbmc) can drive the same machine beside its Redfish one."""
 
     name: str
     mac: str
     address: str
-    bmc: str  # redfish | ipmi
+    bmc: str  # redfish | ipmi: the one the inventory names
     domain: str = ""
     uuid: str = ""
-    bmc_port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)  # BMC kind -> its port
 
-    def bmc_yaml(self, password_ref: str) -> str:
-        if self.bmc == "redfish":
-            return (f"{{type: redfish, address: 'http://127.0.0.1:{self.bmc_port}', "
+    def bmc_yaml(self, password_ref: str, kind: str = "") -> str:
+        kind = kind or self.bmc
+        if kind == "redfish":
+            return (f"{{type: redfish, address: 'http://127.0.0.1:{self.ports[kind]}', "
                     f"username: admin, password: {password_ref}, systemId: {self.uuid}, "
                     "insecure: true}")
-        return (f"{{type: ipmi, address: '127.0.0.1:{self.bmc_port}', username: ADMIN, "
+        return (f"{{type: ipmi, address: '127.0.0.1:{self.ports[kind]}', username: ADMIN, "
                 f"password: {password_ref}}}")
 
 
 @dataclass
-class MetalLab:
-    cluster: str
-    tmp: Path
-    lab: LabLibvirtd
-    machines: list[Machine]
-    password: str
-    path: Path
+class MetalLab(VMCluster):
+    machines: list[Machine] = field(default_factory=list)
+    password: str = ""
+    with_vm: bool = False
     boot_timeout: int = 1500
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    destroyed: bool = False
+    silent: Machine | None = None
 
     # --- the inventory -------------------------------------------------------------------
 
-    def inventory_text(self, machines: list[Machine] | None = None,
-                       password_ref: str = "env:PV_TEST_BMC_PASSWORD") -> str:
-        nodes = "".join(
+    def inventory_text(self, machines: list[Machine] | None = None,  # type: ignore[override]
+                       password_ref: str = "env:PV_TEST_BMC_PASSWORD",
+                       bmc: dict[str, str] | None = None, with_vm: bool | None = None,
+                       vm_memory: str = VM_MEMORY) -> str:
+        """``bmc``: machine name -> the BMC kind the inventory names instead of its own."""
+        pxe = "".join(
             f"  - {{name: {m.name}, roles: [worker], provider: pxe, address: {m.address},\n"
             f"     mac: '{m.mac}', machine: {{rootDevice: /dev/vda}},\n"
-            f"     bmc: {m.bmc_yaml(password_ref)}}}\n"
+            f"     bmc: {m.bmc_yaml(password_ref, (bmc or {}).get(m.name, ''))}}}\n"
             for m in (self.machines if machines is None else machines))
-        return f"""\
-apiVersion: provision.dev/v1alpha1
-kind: Cluster
-name: {self.cluster}
-kubernetes: {{version: v1.37.2}}
-controlPlane: {{virtualIP: {NET}.10}}
-artifacts: {{source: offline}}
-network: {{subnet: {NET}.0/24}}
-ssh: {{user: root}}
-providers:
-  local: {{apiForwardPort: {FORWARD_PORT}}}
-  pxe: {{interface: br-lab, netns: pv-{self.cluster}, bootTimeout: {self.boot_timeout}}}
-nodes:
-  - {{name: cp-1, roles: [control-plane], provider: local, address: {NET}.11,
-     machine: {{cpus: 1, memory: 2Gi}}}}
-{nodes}"""
-
-    def write_inventory(self, **kw: object) -> Path:
-        self.path.write_text(self.inventory_text(**kw))  # type: ignore[arg-type]
-        return self.path
+        providers = (f"  pxe: {{interface: br-lab, netns: pv-{self.cluster}, "
+                     f"bootTimeout: {self.boot_timeout}}}\n")
+        vm = self.with_vm if with_vm is None else with_vm
+        if self.with_vm:
+            providers += libvirt_yaml(self.cluster, self.lab)
+        return cluster_yaml(self.cluster, NET, FORWARD_PORT, providers,
+                            (vm_yaml(VM_ADDRESS, vm_memory) if vm else "") + pxe)
 
     # --- the cluster as the test sees it ----------------------------------------------------
-
-    def ssh(self, node: str, script: str, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        from provision.paths import ClusterPaths
-
-        config = ClusterPaths.for_cluster(self.cluster).ssh_config
-        proc = subprocess.run(["ssh", "-F", str(config), "-o", "ControlMaster=no",
-                               "-o", "ControlPath=none", node, script],
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"ssh {node} {script!r} -> {proc.returncode}: {proc.stderr}")
-        return proc
 
     def wait_ssh(self, node: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -134,20 +113,6 @@ nodes:
                     return
             time.sleep(5)
         raise AssertionError(f"{node} did not answer SSH within {timeout}s")
-
-    def kubectl(self, *args: str) -> str:
-        from provision.artifacts import build
-        from provision.inventory import load_inventory
-        from provision.paths import ClusterPaths
-
-        binary = build(load_inventory(self.path).kubernetes.version).binaries["kubectl"]
-        kubeconfig = ClusterPaths.for_cluster(self.cluster).kubeconfig
-        proc = subprocess.run([str(binary), "--kubeconfig", str(kubeconfig),
-                               "--request-timeout", "20s", *args],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
-        return proc.stdout
 
     # --- the machines as the test sees them (not through provision) ----------------------
 
@@ -166,8 +131,9 @@ nodes:
 
     # --- set-up --------------------------------------------------------------------------
 
-    def define(self, machine: Machine) -> None:
-        """An empty disk, network boot first: what provision powers on via the BMC."""
+    def define(self, machine: Machine, mac: str = "") -> None:
+        """An empty disk, network boot first: what provision powers on via the BMC.
+        ``mac``: the NIC's, when it is not the one the machine is known by."""
         import libvirt
 
         conn = libvirt.open(self.lab.uri)
@@ -191,7 +157,7 @@ nodes:
       <driver name='qemu' type='qcow2'/><source file='{path}'/><target dev='vda' bus='virtio'/>
     </disk>
     <interface type='bridge'>
-      <source bridge='br-lab'/><mac address='{machine.mac}'/><model type='virtio'/>
+      <source bridge='br-lab'/><mac address='{mac or machine.mac}'/><model type='virtio'/>
     </interface>
     <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>
     <console type='file'><source path='{console}' append='on'/><target type='serial'/></console>
@@ -232,7 +198,7 @@ nodes:
             raise RuntimeError("sushy-emulator did not answer: "
                                + (self.tmp / "sushy-emulator.log").read_text()[-2000:])
         for m in machines:
-            m.bmc_port = port
+            m.ports["redfish"] = port
 
     def start_ipmi(self, machines: list[Machine]) -> None:
         config_dir = self.tmp / "vbmc"
@@ -250,9 +216,9 @@ nodes:
             start_new_session=True))
         time.sleep(2)
         for m in machines:
-            m.bmc_port = _free_port(socket.SOCK_DGRAM)
+            m.ports["ipmi"] = _free_port(socket.SOCK_DGRAM)
             for argv in ([vbmc, "add", m.domain, "--address", "127.0.0.1", "--port",
-                          str(m.bmc_port), "--username", "ADMIN", "--password", self.password,
+                          str(m.ports["ipmi"]), "--username", "ADMIN", "--password", self.password,
                           "--libvirt-uri", self.lab.uri], [vbmc, "start", m.domain]):
                 for _ in range(20):  # vbmcd takes a moment to listen
                     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -289,35 +255,55 @@ nodes:
 
 
 @contextlib.contextmanager
-def metal_lab(tmp: Path, cluster: str, bmcs: tuple[str, ...] = ("redfish",)
+def metal_lab(tmp: Path, cluster: str, bmcs: tuple[str, ...] = ("redfish",), *,
+              with_vm: bool = False, ipmi_too: bool = False, silent: bool = False
               ) -> Iterator[MetalLab]:
-    """The emulated machines defined, their BMCs answering, the metal image built and
-    the inventory written; nothing of provision's created yet. Always torn down."""
+    """The emulated machines defined, their BMCs answering, the images built and the
+    inventory written; nothing of provision's created yet. Always torn down.
+
+    ``bmcs``: one machine per entry, behind that BMC. ``with_vm``: the libvirt VM vm-1
+    joins the inventory too. ``ipmi_too``: every machine also answers IPMI (virtualbmc
+    on the same domain). ``silent``: one more machine, ``ml.silent`` (not in the
+    inventory), behind IPMI, whose NIC is not the MAC it is known by: it never gets an
+    answer from dnsmasq, so it never network-boots."""
     from provision import commands
-    from provision.lab import metalimage
+    from provision.lab import metalimage, vmimage
     from provision.lab.cleanup import sweep
 
-    saved = {k: os.environ.get(k) for k in ("PROVISION_STATE_DIR", "PV_TEST_BMC_PASSWORD")}
+    keys = ("PROVISION_STATE_DIR", "PV_TEST_BMC_PASSWORD", "PROVISION_LIBVIRT_ACCEL")
+    saved = {k: os.environ.get(k) for k in keys}
     password = secrets.token_urlsafe(12)
     os.environ["PROVISION_STATE_DIR"] = str(tmp / "state")
     os.environ["PV_TEST_BMC_PASSWORD"] = password
+    # FINDINGS: /dev/kvm exists on the build box but KVM guests hang; TCG it is.
+    os.environ["PROVISION_LIBVIRT_ACCEL"] = "tcg"
     lab = LabLibvirtd(f"pv-{cluster}")
     lab.clusters.append(cluster)
     machines = [Machine(f"metal-{i}", f"52:54:00:9b:00:{i:02x}", f"{NET}.{20 + i}", kind,
                         domain=f"pvbm-{cluster}-metal-{i}")
                 for i, kind in enumerate(bmcs, 1)]
-    ml = MetalLab(cluster, tmp, lab, machines, password, tmp / "inventory.yaml")
+    ml = MetalLab(cluster=cluster, lab=lab, tmp=tmp, path=tmp / "inventory.yaml",
+                  machines=machines, password=password, with_vm=with_vm)
     try:
         started = time.monotonic()
         metalimage.ensure_metal_image("debian-12")
+        if with_vm:
+            vmimage.ensure_vm_image("debian-12")
         ml.timings["image_ready"] = round(time.monotonic() - started, 1)
         lab.start()
         for m in machines:
             ml.define(m)
+        if silent:
+            ml.silent = Machine("metal-9", "52:54:00:9b:00:99", f"{NET}.29", "ipmi",
+                                domain=f"pvbm-{cluster}-metal-9")
+            ml.define(ml.silent, mac="52:54:00:9b:00:98")
         if any(m.bmc == "redfish" for m in machines):
             ml.start_redfish([m for m in machines if m.bmc == "redfish"])
-        if any(m.bmc == "ipmi" for m in machines):
-            ml.start_ipmi([m for m in machines if m.bmc == "ipmi"])
+        ipmi = [m for m in machines if m.bmc == "ipmi" or ipmi_too]
+        if ml.silent:
+            ipmi.append(ml.silent)
+        if ipmi:
+            ml.start_ipmi(ipmi)
         ml.write_inventory()
         yield ml
     finally:

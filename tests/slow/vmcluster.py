@@ -35,28 +35,41 @@ VM_MEMORY = "1536Mi"
 VM_DISK = "5Gi"
 
 
-def inventory_text(cluster: str, lab: LabLibvirtd, vm_memory: str = VM_MEMORY,
-                   with_vm: bool = True) -> str:
-    """``with_vm=False``: vm-1 removed from the inventory (libvirt stays configured)."""
-    vm = (f"""  - {{name: vm-1, roles: [worker], provider: libvirt, address: {NET}.21,
-     machine: {{cpus: {VM_CPUS}, memory: {vm_memory}, disk: {VM_DISK}}}}}
-""" if with_vm else "")
+def cluster_yaml(cluster: str, net: str, forward_port: int, providers: str, nodes: str) -> str:
+    """A slow-tier inventory: control-plane lab machine cp-1 at <net>.11, VIP <net>.10,
+    then ``nodes`` (YAML list items); ``providers`` adds to the local provider's."""
     return f"""\
 apiVersion: provision.dev/v1alpha1
 kind: Cluster
 name: {cluster}
 kubernetes: {{version: v1.37.2}}
-controlPlane: {{virtualIP: {NET}.10}}
+controlPlane: {{virtualIP: {net}.10}}
 artifacts: {{source: offline}}
-network: {{subnet: {NET}.0/24}}
+network: {{subnet: {net}.0/24}}
 ssh: {{user: root}}
 providers:
-  local: {{apiForwardPort: {FORWARD_PORT}}}
-  libvirt: {{uri: "{lab.uri}", pool: {lab.pool_name}, netns: pv-{cluster}, bridge: br-lab}}
-nodes:
-  - {{name: cp-1, roles: [control-plane], provider: local, address: {NET}.11,
+  local: {{apiForwardPort: {forward_port}}}
+{providers}nodes:
+  - {{name: cp-1, roles: [control-plane], provider: local, address: {net}.11,
      machine: {{cpus: 1, memory: 2Gi}}}}
-{vm}"""
+{nodes}"""
+
+
+def libvirt_yaml(cluster: str, lab: LabLibvirtd) -> str:
+    return (f'  libvirt: {{uri: "{lab.uri}", pool: {lab.pool_name}, netns: pv-{cluster}, '
+            "bridge: br-lab}\n")
+
+
+def vm_yaml(address: str, vm_memory: str = VM_MEMORY) -> str:
+    return (f"  - {{name: vm-1, roles: [worker], provider: libvirt, address: {address},\n"
+            f"     machine: {{cpus: {VM_CPUS}, memory: {vm_memory}, disk: {VM_DISK}}}}}\n")
+
+
+def inventory_text(cluster: str, lab: LabLibvirtd, vm_memory: str = VM_MEMORY,
+                   with_vm: bool = True) -> str:
+    """``with_vm=False``: vm-1 removed from the inventory (libvirt stays configured)."""
+    return cluster_yaml(cluster, NET, FORWARD_PORT, libvirt_yaml(cluster, lab),
+                        vm_yaml(f"{NET}.21", vm_memory) if with_vm else "")
 
 
 @dataclass
@@ -68,16 +81,19 @@ class VMCluster:
     timings: dict[str, float] = field(default_factory=dict)
     destroyed: bool = False
 
-    def write_inventory(self) -> Path:
-        self.path.write_text(inventory_text(self.cluster, self.lab))
+    def inventory_text(self, **kw: Any) -> str:
+        return inventory_text(self.cluster, self.lab, **kw)
+
+    def write_inventory(self, **kw: Any) -> Path:
+        self.path.write_text(self.inventory_text(**kw))
         return self.path
 
-    def inv_with(self, vm_memory: str) -> Any:
-        """The inventory with another VM memory size, in a file of its own."""
+    def inv_with(self, **kw: Any) -> Any:
+        """The inventory changed as ``inventory_text(**kw)`` says, in a file of its own."""
         from provision.inventory import load_inventory
 
         changed = self.tmp / "changed-inventory.yaml"
-        changed.write_text(inventory_text(self.cluster, self.lab, vm_memory))
+        changed.write_text(self.inventory_text(**kw))
         return load_inventory(changed)
 
     @property

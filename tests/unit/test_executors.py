@@ -108,7 +108,8 @@ def test_provisions_environment_never_reaches_ansible_or_its_run_record(tmp_path
     playbook.write_text(
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.command: printenv PV_TEST_BMC_PASSWORD\n"
-        "      register: seen\n      changed_when: false\n      failed_when: seen.rc not in [0, 1]\n"
+        "      register: seen\n      changed_when: false\n"
+        "      failed_when: seen.rc not in [0, 1]\n"
         "    - ansible.builtin.assert: {that: [seen.rc == 1, seen.stdout == '']}\n")
     result = ansible.run_playbook(paths, playbook, inventory, tmp_path / "run", lambda e: None)
     assert result.rc == 0 and result.hosts["localhost"].status == "ok", \
