@@ -217,6 +217,11 @@ def destroy(
     keep_machines: Annotated[bool, typer.Option(
         "--keep-machines", help="Keep the machines: reset every node to a clean OS "
         "(Kubernetes, etcd, their data and services removed; SSH access kept).")] = False,
+    wipe: Annotated[bool, typer.Option(
+        "--wipe", help="Also erase bare-metal machines' disks (partition table and "
+        "filesystem signatures) before powering them off. Without it they are powered "
+        "off and forgotten (reinstalled by the next up), their disks left as they are.")
+    ] = False,
     output: OutputOpt = Output.text,
 ) -> None:
     """Remove the cluster's machines, networks and local state (run records stay).
@@ -226,6 +231,9 @@ def destroy(
     from provision import commands
     from provision.inventory import load_inventory
 
+    if keep_machines and wipe:
+        err.print("error: --wipe erases the machines --keep-machines keeps; use one of them")
+        raise typer.Exit(EXIT_BAD_INPUT)
     name = _run(load_inventory, inventory).name
     if not yes:
         if not sys.stdin.isatty():
@@ -239,7 +247,7 @@ def destroy(
         data, text = reset.to_json(), (f"reset cluster {reset.cluster}: "
                                        f"{', '.join(reset.reset)} (machines kept)")
     else:
-        gone = _run(commands.destroy, inventory)
+        gone = _run(commands.destroy, inventory, wipe)
         data, text = gone.to_json(), (f"destroyed cluster {gone.cluster}: "
                                       f"{', '.join(gone.destroyed)}")
     if output is Output.json:

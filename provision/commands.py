@@ -257,9 +257,10 @@ def latest_run(paths: ClusterPaths) -> LastRun | None:
     return None
 
 
-def destroy(inventory_path: Path) -> Destroyed:
+def destroy(inventory_path: Path, wipe: bool = False) -> Destroyed:
     """Every machine of the cluster, including those of nodes removed from the
-    inventory since they were made, and the lab networks."""
+    inventory since they were made, and the lab networks. ``wipe``: bare-metal disks
+    are erased too (Provider.destroy)."""
     ctx = ClusterContext.open(inventory_path)
     machines = ctx.ssh.machines()
     names = list(machines)
@@ -270,7 +271,7 @@ def destroy(inventory_path: Path) -> Destroyed:
     for m in machines.values():
         by_provider.setdefault(m.provider, []).append(m.name)
     for name, group in sorted(by_provider.items(), key=lambda g: g[0] == "local"):
-        ctx.providers.get(name).destroy(ctx.inventory, group)
+        ctx.providers.get(name).destroy(ctx.inventory, group, wipe=wipe)
     ctx.providers.close()
     # Local state goes too (keys, PKI, kubeconfig, generated Ansible files); run records
     # stay: they hold the reports and the etcd backups. Named one by one: never a

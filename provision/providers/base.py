@@ -96,8 +96,10 @@ class Provider(ABC):
         """Node name -> running | stopped | missing; changes nothing."""
 
     @abstractmethod
-    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
-        """Remove everything the provider made for these nodes. Idempotent."""
+    def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
+        """Remove everything the provider made for these nodes. Idempotent. ``wipe``:
+        also erase what would outlive the destroy (a bare-metal machine's disk keeps
+        its system); a provider that deletes its disks anyway ignores it."""
 
     @abstractmethod
     def ssh_endpoint(self, inv: Inventory, name: str, address: str) -> SSHEndpoint:

@@ -3,7 +3,8 @@
 Everything a slow test makes is named after the pytest process (cluster
 ``pvbm<pid>`` of test_machines.py, ``pvvm<pid>`` of bench/vm.py, whose lab namespace
 ``pv-<cluster>`` holds the private libvirtd; ``pvlv<pid>`` for the bench's bare
-libvirtd) and torn down by a finalizer. Leftovers of a crashed earlier run (its pid gone) are swept first.
+libvirtd) and torn down by a finalizer. Leftovers of a crashed earlier run (its pid
+gone) are swept first.
 """
 
 from __future__ import annotations

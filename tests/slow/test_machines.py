@@ -25,19 +25,21 @@ image from images/metal. Everything lives in the cluster's lab namespace
    last step seen, powered off, its install secrets gone;
 6. vm-1 and that machine taken out of the inventory: vm-1 is drained, reset and its VM
    destroyed, the machine released;
-7. `provision destroy` powers metal-1 off through its BMC and leaves nothing.
+7. `provision destroy --wipe` erases metal-1's disk, powers it off through its BMC,
+   and leaves nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from metallab import NET, VM_ADDRESS, MetalLab, metal_lab
+from metallab import NET, VM_ADDRESS, Machine, MetalLab, metal_lab
 from vmcluster import VM_CPUS, VM_DISK, VM_MEMORY, qemu_pids
 
 pytestmark = pytest.mark.slow
@@ -314,19 +316,30 @@ def test_nodes_taken_out_of_the_inventory_are_removed_and_released(ml: MetalLab)
 
 # --- 7. destroy --------------------------------------------------------------------------
 
-def test_destroy_powers_the_machine_off_and_leaves_nothing(ml: MetalLab) -> None:
+def test_destroy_wipes_the_disk_powers_the_machine_off_and_leaves_nothing(ml: MetalLab) -> None:
     from provision import commands
     from provision.lab import netns
     from provision.lab.cleanup import leftovers
     from provision.providers.registry import load
 
-    # what `destroy` does first, before the lab namespace (and the libvirtd in it) go:
-    # seen here because the namespace's libvirtd is gone afterwards
+    def boot_record(m: Machine) -> bytes:
+        """The first sector of the machine's disk, read beside its running qemu."""
+        out = ml.tmp / f"{m.name}-sector0"
+        subprocess.run(["qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=512",
+                        "count=1", f"if={ml.lab.dir / 'pool' / (m.domain + '.qcow2')}",
+                        f"of={out}"], check=True, capture_output=True)
+        return out.read_bytes()
+
+    # what `destroy --wipe` does first, before the lab namespace (and the libvirtd in it)
+    # go: seen here because the namespace's libvirtd is gone afterwards
+    assert all(boot_record(m)[510:512] == b"\x55\xaa" for m in ml.machines)  # installed
     inv = ml.inv()
-    load("pxe").destroy(inv, [m.name for m in ml.machines])
+    load("pxe").destroy(inv, [m.name for m in ml.machines], wipe=True)
     assert {m.name: ml.domain_state(m) for m in ml.machines} == {
         m.name: "shut off" for m in ml.machines}
     assert all(ml.record(m.name) == {} for m in ml.machines)
+    # wiped: no partition table (and so nothing the firmware could boot) is left
+    assert [boot_record(m)[510:512] for m in ml.machines] == [b"\0\0"] * len(ml.machines)
 
     started = time.monotonic()
     commands.destroy(ml.path)

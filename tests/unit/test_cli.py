@@ -109,3 +109,10 @@ def test_destroy_refuses_without_yes_off_terminal():
     result = runner.invoke(app, ["destroy", "-i", str(ROOT / "inventories/local.yaml")],
                            input="")
     assert result.exit_code == 2
+
+
+def test_destroy_refuses_wipe_with_keep_machines_before_reading_anything(tmp_path):
+    result = runner.invoke(app, ["destroy", "-i", str(tmp_path / "never-read.yaml"), "--yes",
+                                 "--wipe", "--keep-machines"])
+    assert result.exit_code == 2
+    assert "--wipe erases the machines --keep-machines keeps" in result.output

@@ -109,7 +109,7 @@ class LibvirtProvider(Provider):
                 out[name] = MachineState.RUNNING if dom.isActive() else MachineState.STOPPED
         return out
 
-    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
+    def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
         """The domains, their volumes, console logs and known_hosts lines; with the
         cluster's last VM also its services and its owned network."""
         s = settings(inv)

@@ -154,7 +154,7 @@ class LocalProvider(Provider):
                 out[name] = MachineState.MISSING
         return out
 
-    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
+    def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
         machines_dir = ClusterPaths.for_cluster(inv.name).machines_dir
         close_masters(ClusterPaths.for_cluster(inv.name), list(names))
         with ThreadPoolExecutor(max_workers=8) as pool:

@@ -68,6 +68,17 @@ HTTP_SERVICE = "pxe-http"
 SSH_TIMEOUT = 600.0  # from power-on to SSH: firmware, then systemd and cloud-init
 POWER_OFF_TIMEOUT = 120.0  # from "done" to the installer's own power-off
 INSTALLER_CMDLINE = "console=tty0 console=ttyS0,115200n8 net.ifnames=0"
+# The disk holding / (what the installer wrote): every partition's signatures, then the
+# disk's own (the partition table). The running system keeps going from memory until
+# the BMC powers it off.
+WIPE_SCRIPT = """set -eu
+disk=/dev/$(lsblk -no PKNAME "$(findmnt -no SOURCE /)")
+for part in $(lsblk -lnpo NAME,TYPE "$disk" | awk '$2 == "part" {print $1}'); do
+  wipefs --all --force "$part" >/dev/null
+done
+wipefs --all --force "$disk" >/dev/null
+sync
+"""
 
 
 def dnsmasq_binary() -> str | None:
@@ -217,12 +228,20 @@ class PxeProvider(Provider):
         bmc.power_off()
         bmc.wait_power(bmclib.PowerState.OFF)
 
-    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
+    def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
         """Power off through the BMC and forget the machine: the next ``up`` installs
-        it again (its disk belonged to a cluster whose keys are gone)."""
+        it again (its disk belonged to a cluster whose keys are gone). Forgetting is
+        what marks a machine for reinstall, so every destroy does it. ``wipe`` also
+        erases the disk's partition table and filesystem signatures first (over SSH,
+        while the machine still runs): the machine no longer boots its old system,
+        and what it held is no longer mounted by anything."""
         server = self.server(inv)
         nodes = {n.name: n for n in inv.nodes}
         paths = ClusterPaths.for_cluster(inv.name)
+        if wipe:
+            self._wipe(inv, [nodes[n] for n in names
+                             if n in nodes and (r := server.record(n)) is not None
+                             and r.phase == "installed"])
         for name in names:
             record = server.record(name)
             node = nodes.get(name)
@@ -237,6 +256,28 @@ class PxeProvider(Provider):
             for service in (DHCP_SERVICE, HTTP_SERVICE):
                 services.stop(paths.machines_dir / f"service-{service}.pid")
             shutil.rmtree(server.dhcp_root, ignore_errors=True)
+
+    def _wipe(self, inv: Inventory, nodes: Sequence[Node]) -> None:
+        """Each machine's system disk loses its partitions' and its own signatures
+        (wipefs), all machines checked to answer first: a wipe is done everywhere or
+        refused before any disk is touched."""
+        from provision.providers.machine import session
+
+        silent = [n.name for n in nodes if not self._answers(inv, n)]
+        if silent:
+            raise ProviderError(
+                f"cannot wipe {', '.join(silent)}: not answering SSH with the cluster's "
+                "login; start it (provision up), or destroy without --wipe (the machine "
+                "is forgotten and reinstalled by the next up either way)")
+        for node in nodes:
+            with session(Login.cluster(inv), node.address,
+                         sock=connector(self.settings(inv).netns)(node.address, SSH_PORT, 10)
+                         ) as client:
+                _, stdout, stderr = client.exec_command(WIPE_SCRIPT, timeout=120)
+                if stdout.channel.recv_exit_status() != 0:
+                    raise ProviderError(
+                        f"wiping {node.name}'s disk failed: "
+                        f"{stderr.read().decode(errors='replace').strip()[-500:]}")
 
     # --- the boot server ---------------------------------------------------------------
 

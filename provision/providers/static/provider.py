@@ -78,8 +78,8 @@ class StaticProvider(Provider):
                 out[name] = MachineState.STOPPED
         return out
 
-    def destroy(self, inv: Inventory, names: Sequence[str]) -> None:
-        """provision did not create these hosts, so it removes nothing."""
+    def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
+        """provision did not create these hosts, so it removes (and wipes) nothing."""
 
     def ssh_endpoint(self, inv: Inventory, name: str, address: str) -> SSHEndpoint:
         return SSHEndpoint(address=address, port=SSH_PORT, proxy_command=None)
