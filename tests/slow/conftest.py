@@ -1,7 +1,7 @@
 """Slow-tier fixtures: TCG virtual machines through a private libvirtd.
 
 Everything a slow test makes is named after the pytest process (cluster
-``pvbm<pid>`` of test_machines.py, ``pvvm<pid>`` of bench/vm.py, whose lab namespace
+``pvbm<pid>`` of test_vm_and_metal.py, ``pvvm<pid>`` of bench/vm.py, whose lab namespace
 ``pv-<cluster>`` holds the private libvirtd; ``pvlv<pid>`` for the bench's bare
 libvirtd) and torn down by a finalizer. Leftovers of a crashed earlier run (its pid
 gone) are swept first.
