@@ -104,7 +104,6 @@ def test_scripts_install_then_boot_the_disk():
     record.phase, record.token = "installed", ""
     installed = boot.node_script("http://s:1", record, "")
     assert "kernel" not in installed and installed.rstrip().endswith("exit")
-    assert "sanboot --no-describe --drive 0x80" in installed  # BIOS: the disk itself
     assert "not in the inventory" in boot.node_script("http://s:1", None, "")
     assert "${mac:hexhyp}" in boot.boot_script("http://s:1")
 

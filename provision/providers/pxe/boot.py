@@ -22,12 +22,9 @@ every ``up``:
     dnsmasq.log        dnsmasq's own log (DHCP and TFTP per MAC and address), leases
 
 A machine's phase decides its iPXE script: ``install`` boots the installer with the
-install's token; ``installed`` boots from its disk, so a machine that network-boots
-again is never reinstalled: under BIOS iPXE boots the first disk itself (``sanboot
---drive 0x80``, as Ironic does), since a BMC's boot-device override may leave the
-network as the firmware's only boot device (virtualbmc rewrites the boot order so);
-under UEFI, or if that fails, ``exit`` hands back to the firmware, which tries its
-next boot entry. ``failed`` shows why and boots nothing.
+install's token; ``installed`` boots from its disk (``exit`` to the firmware, which
+tries the next boot device), so a machine that network-boots again is never
+reinstalled; ``failed`` shows why and boots nothing.
 """
 
 from __future__ import annotations
@@ -325,7 +322,6 @@ def node_script(url: str, record: Record | None, cmdline: str) -> str:
     if record.phase == "installed":
         return ("#!ipxe\n"
                 f"echo provision: {record.node} is installed: booting from its disk\n"
-                "iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\n"
                 "exit\n")
     if record.phase == "failed" or not record.token:
         return ("#!ipxe\n"
