@@ -18,8 +18,8 @@ image from images/metal. Everything lives in the cluster's lab namespace
    settings; no BMC password anywhere provision writes;
 2. vm-1 is what the inventory says, SSH is strict from the first connection, its
    guest agent answers, a second ensure reuses it and reports drift, ACPI stop/start;
-3. metal-1 through IPMI: observed running, and a network boot after the install boots
-   the disk, nothing installed again;
+3. metal-1 through IPMI: observed running, powered off, observed stopped; network-booted
+   again (through Redfish), it boots its disk, nothing installed again;
 4. a wrong BMC password fails before any machine is touched, naming node and BMC;
 5. a machine that never network-boots (behind IPMI) fails at bootTimeout with the
    last step seen, powered off, its install secrets gone;
@@ -213,26 +213,36 @@ def test_stop_and_start_through_acpi(ml: MetalLab) -> None:
 
 # --- 3-5. bare metal ---------------------------------------------------------------------
 
-def test_through_ipmi_a_network_boot_after_the_install_boots_the_disk(ml: MetalLab) -> None:
-    """The same machine behind virtualbmc (IPMI) instead of sushy-tools (Redfish): the
-    provider observes it, and a network boot finds "installed" and boots the disk."""
+def test_ipmi_sees_and_powers_off_the_machine_and_a_network_boot_boots_its_disk(
+        ml: MetalLab) -> None:
+    """The same machine behind virtualbmc (IPMI) beside sushy-tools (Redfish): through
+    IPMI the provider observes it running and powers it off; then, network-booted
+    again (Redfish boot override), iPXE finds it installed and it boots its disk.
+
+    The network boot goes through Redfish because virtualbmc keeps an IPMI boot device
+    as the domain's only one, for good: the firmware then has no disk to fall back to
+    after iPXE's "installed" script, which a real BMC's one-time override leaves."""
     from provision.providers.base import MachineState
     from provision.providers.pxe import bmc as bmclib
     from provision.providers.registry import load
 
     m = ml.machines[0]
-    inv = ml.inv_with(bmc={m.name: "ipmi"})
-    assert inv.node(m.name).bmc.type == "ipmi"
-    assert load("pxe").observe(inv, [m.name]) == {m.name: MachineState.RUNNING}
+    ipmi_inv = ml.inv_with(bmc={m.name: "ipmi"})
+    assert ipmi_inv.node(m.name).bmc.type == "ipmi"
+    assert load("pxe").observe(ipmi_inv, [m.name]) == {m.name: MachineState.RUNNING}
     before = ml.ssh(m.name, "cat /etc/provision-installed").stdout
     events = len(ml.events(m.name))
-    bmc = bmclib.connect(inv, inv.node(m.name))
-    started = time.monotonic()
-    bmc.power_off()
-    bmc.wait_power(bmclib.PowerState.OFF)
+    ipmi = bmclib.connect(ipmi_inv, ipmi_inv.node(m.name))
+    ipmi.power_off()
+    ipmi.wait_power(bmclib.PowerState.OFF)
     assert ml.domain_state(m) == "shut off"
-    bmc.boot_once(bmclib.BootDevice.PXE)
-    bmc.power_on()
+    assert load("pxe").observe(ipmi_inv, [m.name]) == {m.name: MachineState.STOPPED}
+
+    inv = ml.inv()
+    redfish = bmclib.connect(inv, inv.node(m.name))
+    started = time.monotonic()
+    redfish.boot_once(bmclib.BootDevice.PXE)
+    redfish.power_on()
     ml.wait_ssh(m.name, timeout=900)
     ml.timings["metal_network_boot_to_ssh"] = round(time.monotonic() - started, 1)
     new = [line.split(" ", 2)[1:] for line in ml.events(m.name)[events:]]
