@@ -517,8 +517,11 @@ class _Planner:
         return joined
 
     def removed_names(self) -> list[str]:
+        # every machine a provider still holds counts, whatever its state: a bare-metal
+        # machine whose install failed is "missing" (nothing usable on it) but its record
+        # (and its BMC) stay provision's until it is released
         seen: set[str] = set(self.obs.k8s_nodes) | set(self.obs.etcd_members)
-        seen |= {n for n, s in self.obs.machines.items() if s != "missing"}
+        seen |= set(self.obs.machines)
         return sorted(seen - set(self.desired), key=natural_key, reverse=True)
 
     def lb_target(self) -> set[str]:

@@ -301,11 +301,13 @@ def test_nodes_taken_out_of_the_inventory_are_removed_and_released(ml: MetalLab)
     ml.boot_timeout = 1500
     ml.write_inventory(with_vm=False)
     plan = commands.plan(ml.path)
-    assert plan.membership.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "vm-1")]
+    assert plan.membership.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "vm-1"),
+                                       (planner.RELEASE_MACHINE, "metal-9")]
     changes = {s.step.name: sorted(c.node for c in s.changes) for s in plan.steps if s.changes}
     # /etc/hosts of the others loses vm-1 (the hosts stage), then the removal's steps
     assert changes["hosts"] == ["cp-1", "metal-1"], changes
     assert changes[planner.DRAIN_AND_REMOVE_WORKER] == ["vm-1"] * 5, changes
+    assert changes[planner.RELEASE_MACHINE] == ["metal-9"], changes
     started = time.monotonic()
     summary = commands.up(ml.path)
     ml.timings["remove_vm_node"] = round(time.monotonic() - started, 1)

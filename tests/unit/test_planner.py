@@ -513,6 +513,15 @@ def test_machine_that_never_joined_is_released(inv):
     assert kinds(plan) == [(RELEASE_MACHINE, "worker-3")]
 
 
+def test_a_held_machine_with_nothing_usable_on_it_is_still_released(inv):
+    """A bare-metal machine whose install failed observes as missing, but the provider
+    still holds its record (and its BMC): dropping the node releases it."""
+    obs = cluster()
+    obs.machines["worker-3"] = "missing"
+    plan = plan_changes(inv(workers=2), obs)
+    assert kinds(plan) == [(RELEASE_MACHINE, "worker-3")]
+
+
 # --- planner: control plane -----------------------------------------------------------
 
 def test_replace_cp3_by_cp4_adds_before_it_removes(inv):

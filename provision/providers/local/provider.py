@@ -155,13 +155,12 @@ class LocalProvider(Provider):
         return out
 
     def destroy(self, inv: Inventory, names: Sequence[str], *, wipe: bool = False) -> None:
-        machines_dir = ClusterPaths.for_cluster(inv.name).machines_dir
         close_masters(ClusterPaths.for_cluster(inv.name), list(names))
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda name: self._destroy_node(inv, name), names))
-        left = ([d for d in machines_dir.iterdir() if d.is_dir()]
-                if machines_dir.is_dir() else [])
-        if not left:
+        # the lab goes with the last lab machine; the machines directory also holds other
+        # providers' state (pxe/, service pid files), which never keeps the lab alive
+        if not recorded_machines(inv.name):
             self._destroy_lab(inv)
 
     def ssh_endpoint(self, inv: Inventory, name: str, address: str) -> SSHEndpoint:

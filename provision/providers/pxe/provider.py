@@ -256,6 +256,7 @@ class PxeProvider(Provider):
             for service in (DHCP_SERVICE, HTTP_SERVICE):
                 services.stop(paths.machines_dir / f"service-{service}.pid")
             shutil.rmtree(server.dhcp_root, ignore_errors=True)
+            shutil.rmtree(server.root, ignore_errors=True)  # records, events, installs
 
     def _wipe(self, inv: Inventory, nodes: Sequence[Node]) -> None:
         """Each machine's system disk loses its partitions' and its own signatures
