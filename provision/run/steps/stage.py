@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -187,15 +188,26 @@ class MachinesStage(StageStep):
             ctx.progress.node_state(self.name, node, "running", message)
 
         # Providers that need a host-side daemon (libvirtd in the lab namespace) go
-        # after the local provider, which creates that namespace.
-        groups = sorted(ctx.providers.by_provider(nodes).items(), key=lambda g: g[0] != "local")
+        # after the local provider, which creates that namespace; the others then work
+        # at once (a VM boots while a bare-metal machine installs). Every provider
+        # finishes before the first failure is reported: none is left half-way.
+        groups = ctx.providers.by_provider(nodes)
+        first = {k: v for k, v in groups.items() if k == "local"}
+        rest = {k: v for k, v in groups.items() if k != "local"}
+
+        def ensure(name: str) -> set[str]:
+            return ctx.providers.get(name).ensure(ctx.inventory, groups[name], say)
+
         changed: set[str] = set()
-        for name, group in groups:
-            try:
-                changed |= ctx.providers.get(name).ensure(ctx.inventory, group, say)
-            except Exception as exc:  # noqa: BLE001 - any provider failure stops the stage
-                raise fail(ctx, self.name, group[0].name, f"machine provider: {exc}",
-                           self._started) from exc
+        for wave in (first, rest):
+            with ThreadPoolExecutor(max_workers=max(1, len(wave))) as pool:
+                futures = {name: pool.submit(ensure, name) for name in wave}
+            for name, future in futures.items():
+                exc = future.exception()
+                if exc is not None:
+                    raise fail(ctx, self.name, groups[name][0].name,
+                               f"machine provider: {exc}", self._started) from exc
+                changed |= future.result()
         ctx.ssh.write_config()
         self._changed = changed
         outcome.changed = [n.name for n in nodes if n.name in changed]
