@@ -57,7 +57,11 @@ up: deps artifacts
 	echo "Tear it down:    $(PROVISION) destroy -i $(INVENTORY) --yes"
 
 test: deps
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	# the times bracket pytest: a CI job that outlives its summary line shows where
+	echo "make test: pytest starts at $$(date -u +%T)"
+	rc=0; $(PY) -m pytest tests $(PYTEST_ARGS) || rc=$$?
+	echo "make test: pytest ended at $$(date -u +%T) with exit $$rc"
+	exit $$rc
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
