@@ -28,4 +28,9 @@ class StageFailed(ProvisionError):
 
 
 class ProviderError(ProvisionError):
-    """A provider could not create, observe or remove a machine."""
+    """A provider could not create, observe or remove a machine. ``nodes``: the
+    machines it is about, when the provider knows (a failure names its node)."""
+
+    def __init__(self, message: str, nodes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.nodes = nodes

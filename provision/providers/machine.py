@@ -161,7 +161,7 @@ def wait_all(nodes: Sequence[Node], wait: Callable[[Node], str | None], what: st
     KeyboardInterrupt) ends every wait at its next turn instead of its timeout."""
     pool = ThreadPoolExecutor(max_workers=max(1, len(nodes)))
     try:
-        errors = [e for e in pool.map(wait, nodes) if e]
+        errors = {n.name: e for n, e in zip(nodes, pool.map(wait, nodes), strict=True) if e}
     except BaseException:
         _STOP.set()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -169,7 +169,8 @@ def wait_all(nodes: Sequence[Node], wait: Callable[[Node], str | None], what: st
         raise
     pool.shutdown(wait=True)
     if errors:
-        raise ProviderError(f"{what} not reachable:\n  " + "\n  ".join(errors))
+        raise ProviderError(f"{what} not reachable:\n  " + "\n  ".join(errors.values()),
+                            nodes=tuple(errors))
 
 
 @dataclass(frozen=True)

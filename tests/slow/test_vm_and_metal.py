@@ -278,7 +278,9 @@ def test_a_machine_that_never_network_boots_hits_boot_timeout(ml: MetalLab) -> N
     ml.write_inventory(machines=[*ml.machines, silent])
     summary = commands.up(ml.path)
     assert summary.status == "failed"
-    assert "metal-9" in summary.error and f"bootTimeout ({BOOT_TIMEOUT}s)" in summary.error
+    # the failure names the machine that failed, not the first of its provider's group
+    assert "stage 'machines' failed on node 'metal-9'" in summary.error, summary.error
+    assert f"bootTimeout ({BOOT_TIMEOUT}s)" in summary.error
     assert "the last step seen was 'power-on'" in summary.error, summary.error
     assert ml.domain_state(silent) == "shut off"  # powered off again, through IPMI
     record = ml.record("metal-9")

@@ -101,6 +101,7 @@ def test_a_machine_that_died_fails_at_once_with_where_to_look(no_login: None) ->
     with pytest.raises(ProviderError) as err:
         wait(script, gone=lambda n: "the machine exited").run([node()], lambda n, m: None)
     assert str(err.value) == "lab machines not reachable:\n  m-1: the machine exited; see m-1.log"
+    assert err.value.nodes == ("m-1",)  # the machines stage names it as the failed node
     assert script.attempts == 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from provision import clustervars
-from provision.errors import BadInput, StageFailed
+from provision.errors import BadInput, ProviderError, StageFailed
 from provision.executors import ansible
 from provision.executors.ssh import ensure_cluster_keypair
 from provision.inventory import Node
@@ -205,7 +205,9 @@ class MachinesStage(StageStep):
             for name, future in futures.items():
                 exc = future.exception()
                 if exc is not None:
-                    raise fail(ctx, self.name, groups[name][0].name,
+                    # the node the provider names, else the first of its group
+                    named = exc.nodes if isinstance(exc, ProviderError) else ()
+                    raise fail(ctx, self.name, (*named, groups[name][0].name)[0],
                                f"machine provider: {exc}", self._started) from exc
                 changed |= future.result()
         ctx.ssh.write_config()
