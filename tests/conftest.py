@@ -39,9 +39,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 #
 # A process left running with the session's stdout or stderr (a daemon a failed test did
 # not stop) keeps CI's pipe open: the summary line is printed and the job still waits,
-# until its time limit, for an end of output that never comes. A non-daemon thread
-# still waiting on a machine does the same to the interpreter's exit. Both are leaks;
-# they are named, ended, and fail the run.
+# until its time limit, for an end of output that never comes. A child process still
+# running holds the interpreter's exit (multiprocessing joins its children then: a
+# forked IPMI emulator that never ended did exactly this to CI), and so does a
+# non-daemon thread still waiting on a machine. All are leaks; they are named, ended,
+# and fail the run.
 
 GRACE = 5.0  # seconds for processes being torn down to finish going
 
@@ -88,6 +90,38 @@ def stdio_holders() -> dict[int, str]:
     return out
 
 
+def _ppid(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children() -> dict[int, str]:
+    """This process's descendants still running: pid -> command line."""
+    parents = {int(p): _ppid(p) for p in os.listdir("/proc") if p.isdigit()}
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    out: dict[int, str] = {}
+    for pid in sorted(mine - {os.getpid()}):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    del out[pid]  # a zombie holds nothing; its parent reaps it
+        except OSError:
+            out.pop(pid, None)  # gone meanwhile
+    return out
+
+
 def stray_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate()
             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
@@ -95,20 +129,24 @@ def stray_threads() -> list[threading.Thread]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     deadline = time.monotonic() + GRACE
-    while (holders := stdio_holders()) and time.monotonic() < deadline:
+    while ((holders := stdio_holders()) or (kids := children())) \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
+    holders, kids = stdio_holders(), children()
     threads = stray_threads()
-    if not holders and not threads:
+    if not holders and not kids and not threads:
         return
     lines = ["the session leaves behind what a test started and did not stop:"]
     lines += [f"  process {pid} holds the session's output: {cmd}"
               for pid, cmd in sorted(holders.items())]
+    lines += [f"  child process {pid} still runs: {cmd}" for pid, cmd in kids.items()
+              if pid not in holders]
     frames = sys._current_frames()
     for t in threads:
         stack = "".join(traceback.format_stack(frames[t.ident])) if t.ident in frames else ""
         lines.append(f"  thread {t.name} still runs:\n{stack}")
     sys.stderr.write("\n".join(lines) + "\n")
-    for pid in holders:
+    for pid in {**holders, **kids}:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -5,7 +5,10 @@
   driver applies power changes after a random delay of a few seconds.
 * ``IpmiEmulator``: a pyghmi BMC (the server library virtualbmc is built on) with its
   power state and boot device in memory, in a process of its own; clients talk to it
-  with ``ipmitool -I lanplus``.
+  with ``ipmitool -I lanplus``. The process is spawned, never forked: a fork of this
+  threaded test process inherited a lock held by another thread and the SIGTERM
+  handler of provision's, so it never ended and held the whole test run at exit
+  (multiprocessing joins its children then).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import bcrypt
 
@@ -90,7 +94,8 @@ class RedfishEmulator:
             self.proc.wait(timeout=10)
 
 
-def _serve_ipmi(port: int, username: str, password: str, state: dict[str, str]) -> None:
+def _serve_ipmi(port: int, username: str, password: str, state: dict[str, str],
+                ready: Any) -> None:
     from pyghmi.ipmi import bmc
 
     class MemoryBmc(bmc.Bmc):
@@ -112,17 +117,21 @@ def _serve_ipmi(port: int, username: str, password: str, state: dict[str, str]) 
         def set_boot_device(self, bootdevice: str) -> None:
             state["boot"] = bootdevice
 
-    MemoryBmc({username: password}, port=port, address="127.0.0.1").listen()
+    server = MemoryBmc({username: password}, port=port, address="127.0.0.1")  # bound
+    ready.set()
+    server.listen()
 
 
 class IpmiEmulator:
     def __init__(self, username: str = "ADMIN", password: str = "ipmi-pass") -> None:
         self.username, self.password = username, password
         self.port = free_port(socket.SOCK_DGRAM)
-        self.manager = multiprocessing.Manager()
+        mp = multiprocessing.get_context("spawn")
+        self.manager = mp.Manager()
         self.state = self.manager.dict({"power": "off", "boot": "default"})
-        self.proc = multiprocessing.Process(
-            target=_serve_ipmi, args=(self.port, username, password, self.state), daemon=True)
+        self.ready = mp.Event()
+        self.proc = mp.Process(target=_serve_ipmi, daemon=True, args=(
+            self.port, username, password, self.state, self.ready))
 
     @property
     def address(self) -> str:
@@ -130,11 +139,16 @@ class IpmiEmulator:
 
     def __enter__(self) -> IpmiEmulator:
         self.proc.start()
-        time.sleep(0.5)  # a UDP server: nothing to connect to, let it bind
+        if not self.ready.wait(timeout=60):  # a UDP server: nothing to connect to
+            self.__exit__(None, None, None)
+            raise AssertionError("the IPMI emulator did not bind its port within 60s")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.proc.terminate()
         self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
         self.manager.shutdown()

@@ -71,3 +71,18 @@ def test_a_thread_left_running_is_named_and_the_run_ends(tmp_path):
 def test_a_clean_session_passes(tmp_path):
     proc = _run(tmp_path, None, "def test_nothing():\n    assert 1 + 1 == 2\n")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_child_process_left_running_is_named_ended_and_the_run_ends(tmp_path):
+    # the shape of what held CI: a forked emulator that no SIGTERM ends, which
+    # multiprocessing would join at exit, for ever
+    proc = _run(tmp_path, None, (
+        "import multiprocessing, signal, time\n\n"
+        "def stubborn_emulator():\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    time.sleep(300)\n\n"
+        "def test_starts_a_child():\n"
+        "    multiprocessing.get_context('fork').Process(target=stubborn_emulator,\n"
+        "                                                daemon=True).start()\n"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+    assert "child process" in proc.stderr and "still runs" in proc.stderr, proc.stderr
