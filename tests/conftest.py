@@ -98,8 +98,14 @@ def _ppid(pid: str) -> int | None:
         return None
 
 
+# multiprocessing's own helper (started by its spawn context): it ends by itself when
+# this process exits, reading its pipe to the end
+HELPERS = ("from multiprocessing.resource_tracker import main",)
+
+
 def children() -> dict[int, str]:
-    """This process's descendants still running: pid -> command line."""
+    """This process's descendants still running, multiprocessing's helper aside:
+    pid -> command line."""
     parents = {int(p): _ppid(p) for p in os.listdir("/proc") if p.isdigit()}
     mine = {os.getpid()}
     grew = True
@@ -119,7 +125,7 @@ def children() -> dict[int, str]:
                     del out[pid]  # a zombie holds nothing; its parent reaps it
         except OSError:
             out.pop(pid, None)  # gone meanwhile
-    return out
+    return {pid: cmd for pid, cmd in out.items() if not any(h in cmd for h in HELPERS)}
 
 
 def stray_threads() -> list[threading.Thread]:
