@@ -135,10 +135,11 @@ def stray_threads() -> list[threading.Thread]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     deadline = time.monotonic() + GRACE
-    while ((holders := stdio_holders()) or (kids := children())) \
-            and time.monotonic() < deadline:
+    while True:  # processes being torn down get a moment to finish going
+        holders, kids = stdio_holders(), children()
+        if not (holders or kids) or time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
-    holders, kids = stdio_holders(), children()
     threads = stray_threads()
     if not holders and not kids and not threads:
         return
