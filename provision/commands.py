@@ -2,7 +2,9 @@
 
 Every command loads and validates the inventory first, so bad input fails before any
 host is touched, then builds the cluster's context (provision/run/context.py), runs
-steps (provision/run/) and keeps a run record.
+steps (provision/run/) and keeps a run record. A command that changes the cluster
+(``up``, ``destroy``, ``restore``, ``backup``) holds its run lock (provision/run/lock.py)
+throughout: a second one is refused while it runs, and so is ``verify``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from provision.pipeline import load_pipeline
 from provision.providers.base import Capability
 from provision.providers.registry import Providers
 from provision.report import RunRecord, Tee, make_view
-from provision.run import mirror
+from provision.run import lock, mirror
 from provision.run.context import ClusterContext, Options, RunContext
 from provision.run.step import StepOutcome, run_step, run_steps
 from provision.run.steps.etcd import Backup, Restore, Snapshot, check_snapshot
@@ -77,11 +79,13 @@ class ClusterStatus:
     state_dir: str
     nodes: list[NodeStatus]
     last_run: LastRun | None
+    running: lock.Holder | None = None  # the run changing the cluster now
 
     def to_json(self) -> Json:
         return {"cluster": self.cluster, "state_dir": self.state_dir,
                 "nodes": [n.__dict__ for n in self.nodes],
-                "last_run": self.last_run.__dict__ if self.last_run else None}
+                "last_run": self.last_run.__dict__ if self.last_run else None,
+                "running": self.running.to_json() if self.running else None}
 
 
 @dataclass
@@ -175,7 +179,16 @@ def up(inventory_path: Path, until: str | None = None, only: str | None = None,
     def work(ctx: RunContext) -> tuple[list[StepOutcome], str]:
         return (reconcile(ctx, stages) if full else run_stages(ctx, stages, nodes)), ""
 
-    return _summarised(cluster, "up", inventory_path, work)
+    with _changing(cluster, "up"):
+        return _summarised(cluster, "up", inventory_path, work)
+
+
+def _changing(cluster: ClusterContext, command: str) -> AbstractContextManager[lock.Holder]:
+    """The cluster's run lock, held while ``command`` changes it (ClusterBusy, exit 2,
+    names the run that holds it). Taken once the inventory is loaded (and, for ``up``,
+    the providers' rules checked), so bad input is reported as such while another run
+    goes on, and before anything is touched or a run record is made."""
+    return lock.exclusive(cluster.paths, cluster.inventory.name, command)
 
 
 def _summarised(cluster: ClusterContext, command: str, inventory_path: Path,
@@ -230,6 +243,10 @@ def verify(inventory_path: Path, only: str | None = None,
         failed = any(o.status == "failed" for o in outcomes)
         return outcomes, "some checks failed; see the report" if failed else ""
 
+    # A change in progress fails checks by design and rewrites the SSH configuration
+    # verify writes too: verify waits for it to end. It holds no lock itself, so it
+    # never keeps a change from starting.
+    lock.refuse_while_changing(cluster.paths, cluster.inventory.name, "verify")
     return _summarised(cluster, "verify", inventory_path, work)
 
 
@@ -241,7 +258,7 @@ def status(inventory_path: Path) -> ClusterStatus:
         cluster=ctx.inventory.name, state_dir=str(ctx.paths.root),
         nodes=[NodeStatus(n.name, sorted(n.roles), n.provider, n.address,
                           str(states.get(n.name, "missing"))) for n in ctx.inventory.nodes],
-        last_run=latest_run(ctx.paths))
+        last_run=latest_run(ctx.paths), running=lock.changing(ctx.paths))
 
 
 def latest_run(paths: ClusterPaths) -> LastRun | None:
@@ -262,6 +279,12 @@ def destroy(inventory_path: Path, wipe: bool = False) -> Destroyed:
     inventory since they were made, and the lab networks. ``wipe``: bare-metal disks
     are erased too (Provider.destroy)."""
     ctx = ClusterContext.open(inventory_path)
+    # The lock file stays: it is in the cluster's directory, which destroy keeps.
+    with _changing(ctx, "destroy"):
+        return _destroy(ctx, wipe)
+
+
+def _destroy(ctx: ClusterContext, wipe: bool) -> Destroyed:
     machines = ctx.ssh.machines()
     names = list(machines)
     ctx.ssh.close(names)
@@ -288,19 +311,20 @@ def reset(inventory_path: Path) -> Reset:
     machines kept; Kubernetes, etcd and their data gone, SSH access untouched."""
     cluster = ClusterContext.open(inventory_path)
     error: str | None = None
-    with _running(cluster, "destroy", inventory_path) as ctx:
-        try:
-            outcome = run_step(ctx, ResetNodes())
-        except ProvisionError as exc:
-            error = str(exc)
-            raise
-        finally:
-            _finish(ctx, error)
-    for path in (cluster.paths.kubeconfig, cluster.paths.pki_dir):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    with _changing(cluster, "destroy --keep-machines"):
+        with _running(cluster, "destroy", inventory_path) as ctx:
+            try:
+                outcome = run_step(ctx, ResetNodes())
+            except ProvisionError as exc:
+                error = str(exc)
+                raise
+            finally:
+                _finish(ctx, error)
+        for path in (cluster.paths.kubeconfig, cluster.paths.pki_dir):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     return Reset(cluster.inventory.name, outcome.changed, str(ctx.record.dir))
 
 
@@ -309,7 +333,9 @@ def backup(inventory_path: Path) -> Snapshot:
     cluster = ClusterContext.open(inventory_path)
     step = Backup()
     error: str | None = None
-    with _running(cluster, "backup", inventory_path) as ctx:
+    # Exclusive although it changes nothing on the nodes: a snapshot taken while `up`
+    # moves etcd members or `restore` rewrites etcd is one nobody should restore.
+    with _changing(cluster, "backup"), _running(cluster, "backup", inventory_path) as ctx:
         try:
             run_step(ctx, step)
         except ProvisionError as exc:
@@ -334,7 +360,8 @@ def restore(inventory_path: Path, snapshot: Path) -> RunSummary:
         return [restored, *checks], ("restored, but some checks failed; see the report"
                                      if failed else "")
 
-    return _summarised(cluster, "restore", inventory_path, work)
+    with _changing(cluster, "restore"):
+        return _summarised(cluster, "restore", inventory_path, work)
 
 
 def kubeconfig(inventory_path: Path, output: Path | None = None) -> Kubeconfig:

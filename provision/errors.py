@@ -19,6 +19,15 @@ class BadInput(ProvisionError):
     exit_code = EXIT_BAD_INPUT
 
 
+class ClusterBusy(BadInput):
+    """Another run is changing the cluster (provision/run/lock.py); nothing was touched.
+    ``pid``: the holder's, when it left its note."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class StageFailed(ProvisionError):
     """A stage failed on a node: names the node, the stage, the task and the log."""
 
