@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from provision import __version__
 from provision.errors import EXIT_BAD_INPUT, EXIT_FAILED, ProvisionError
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False)
+# Never re-wrapped (soft_wrap): off a terminal, rich wraps at 80 columns, and scripts
+# read one problem per line. No emoji codes either: messages quote the user's text.
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False)
 
 
@@ -66,11 +69,25 @@ def _run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return fn(*args, **kwargs)
     except ProvisionError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+        _report(exc)
         raise typer.Exit(exc.exit_code) from None
     except FileNotFoundError as exc:
-        err.print(f"error: {exc}")
+        _report(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _report(exc: Exception) -> None:
+    """An error for the operator. An invalid inventory is its problems, one per line as
+    `validate` prints them; any other message may quote an inventory or a path, so it is
+    never read as markup and its control characters are escaped (lines stay lines)."""
+    from provision.inventory import InventoryInvalid
+    from provision.inventory.problems import printable
+
+    if isinstance(exc, InventoryInvalid):
+        err.print(str(exc), markup=False)
+        return
+    text = "\n".join(printable(line) for line in str(exc).split("\n"))
+    err.print(Text.assemble(("error:", "red"), " ", text))
 
 
 @app.command()
@@ -85,10 +102,10 @@ def validate(inventory: Inventory, output: OutputOpt = Output.text) -> None:
         if output is Output.json:
             _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]})
         else:
-            err.print(str(exc), markup=False)
+            _report(exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except ProvisionError as exc:
-        err.print(f"error: {exc}", markup=False)
+        _report(exc)
         raise typer.Exit(exc.exit_code) from None
     warnings = [p.to_dict() for p in getattr(inv, "warnings", [])]
     if output is Output.json:

@@ -25,7 +25,15 @@ from provision.inventory.model import (
 from provision.inventory.problems import DOCUMENT, InventoryInvalid, Problem
 from provision.inventory.rules import Sections, semantic_problems
 from provision.inventory.schema_errors import problem_from_error
-from provision.inventory.yamlsource import Document, Loc, YAMLSyntaxError, parse_yaml
+from provision.inventory.yamlsource import (
+    MAX_BYTES,
+    Document,
+    Loc,
+    YAMLSyntaxError,
+    parse_yaml,
+    too_large,
+    too_many_values,
+)
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -36,7 +44,11 @@ def load_inventory(path: str | Path) -> Inventory:
     """
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # no more: the file may be huge, or endless
+        if len(raw) > MAX_BYTES:
+            raise InventoryInvalid([too_large(file).problem])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise InventoryInvalid(
@@ -102,6 +114,9 @@ def check_inventory(
         ]
     # Top-level x-* keys are free for YAML anchors (x-defaults: &cp {...}), as in Compose.
     doc.data = {k: v for k, v in doc.data.items() if not k.startswith("x-")}
+    expanded = too_many_values(doc, file)
+    if expanded:
+        return None, [expanded.problem]
     spec: ClusterSpec | None = None
     problems: list[Problem] = []
     pruned: list[Loc] = []

@@ -27,6 +27,7 @@ from provision.inventory.types import (
     KubernetesVersion,
     Size,
     invalid,
+    show_value,
     size_bytes,
 )
 
@@ -247,9 +248,14 @@ class Bmc(Spec):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if not _HOST.match(value):
+        if "@" in value:  # not repeated: user:password@host holds the password
             raise invalid(
-                f"{value!r} is not a valid BMC address",
+                "a BMC address holds no user or password",
+                "write the host only; the login goes in username and password",
+            )
+        if not _HOST.fullmatch(value):
+            raise invalid(
+                f"{show_value(value)} is not a valid BMC address",
                 "write a host or IP, optionally with :port, like 10.0.0.201 or bmc-1:623",
             )
         return value

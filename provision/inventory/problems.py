@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from provision.errors import BadInput
@@ -11,6 +11,20 @@ from provision.errors import BadInput
 Severity = Literal["error", "warning"]
 
 DOCUMENT = "<document>"  # the path of a problem about the file as a whole
+
+
+def printable(text: str) -> str:
+    """text with every character a terminal would act on (escape sequences, newlines,
+    bidi controls) written as a Python escape, so a message is one inert line."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """User text quoted for a message: escaped, and cut when long."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else f"{quoted[: limit - 5]}...{quoted[0]}"
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,13 @@ class Problem:
     message: str
     hint: str | None = None
     severity: Severity = "error"
+
+    def __post_init__(self) -> None:
+        # messages quote the file's keys and values: they must never reach a terminal raw
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                object.__setattr__(self, f.name, printable(value))
 
     def __str__(self) -> str:
         text = (
@@ -69,5 +90,6 @@ def format_path(loc: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = part if len(part) <= 60 else part[:57] + "..."  # an unknown key, maybe long
+            out += f".{name}" if out else name
     return out or DOCUMENT

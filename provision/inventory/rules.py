@@ -26,6 +26,8 @@ from provision.inventory.problems import Problem, Severity, format_path
 from provision.inventory.yamlsource import Loc, Positions
 from provision.releases import supported_kubernetes_versions
 
+MAX_NODES = 5000  # Kubernetes' own tested limit for one cluster
+
 
 @dataclass
 class Sections:
@@ -135,9 +137,11 @@ class Checker:
         return out
 
     def run(self) -> list[tuple[Problem, Loc]]:
-        nodes = self.placed()
         self.kubernetes()
         self.network()
+        if self.too_many_nodes():
+            return self.problems
+        nodes = self.placed()
         self.virtual_ip(nodes)
         self.pool_names()
         self.names(nodes)
@@ -148,6 +152,18 @@ class Checker:
         if self.s.complete:
             self.membership(nodes)
         return self.problems
+
+    def too_many_nodes(self) -> bool:
+        """More nodes than a cluster holds: the per-node checks would only take long."""
+        total = len(self.s.nodes) + sum(p.count for _, p in self.s.pools)
+        if total <= MAX_NODES:
+            return False
+        self.add(
+            ("pools",) if self.s.pools else ("nodes",),
+            f"{total} nodes: a cluster holds at most {MAX_NODES}",
+            "split the machines into several clusters",
+        )
+        return True
 
     # -- cluster-wide settings ----------------------------------------------------
 

@@ -110,7 +110,7 @@ def problem_from_error(
     elif kind == "extra_forbidden":
         line, col = positions.key(loc)
         name = str(loc[-1])
-        message = f"unknown field '{name}'"
+        message = f"unknown field {show_value(name)}"
         parent = model_at(root, loc[:-1])
         choices = allowed_keys(parent) if parent else []
         best = suggest(name, choices)

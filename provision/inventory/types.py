@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from provision.inventory.problems import shown
+
 ERROR_TYPE = "inventory"
 
 
@@ -37,7 +39,7 @@ def show_value(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing (null)"
-    return repr(value)
+    return shown(value)
 
 
 # --- IPv4 addresses and networks -------------------------------------------------
@@ -49,7 +51,8 @@ def _ipv4(value: Any) -> str:
         return str(ipaddress.IPv4Address(text.strip()))
     except ValueError:
         raise invalid(
-            f"{text!r} is not a valid IPv4 address", "write four numbers 0-255, like 10.250.0.11"
+            f"{show_value(text)} is not a valid IPv4 address",
+            "write four numbers 0-255, like 10.250.0.11",
         ) from None
 
 
@@ -57,16 +60,17 @@ def _ipv4_network(value: Any) -> str:
     text = _require_str(value, "an IPv4 network in CIDR notation", "10.250.0.0/24")
     if "/" not in text:
         raise invalid(
-            f"{text!r} has no prefix length", f"write it in CIDR notation, like {text}/24"
+            f"{show_value(text)} has no prefix length", f"write it in CIDR notation, like {text}/24"
         )
     try:
         return str(ipaddress.IPv4Network(text.strip(), strict=True))
     except ValueError as e:
         if "host bits set" in str(e):
             net = ipaddress.IPv4Network(text.strip(), strict=False)
-            raise invalid(f"{text!r} has host bits set", f"did you mean {net}?") from None
+            raise invalid(f"{show_value(text)} has host bits set", f"did you mean {net}?") from None
         raise invalid(
-            f"{text!r} is not a valid IPv4 network", "write it in CIDR notation, like 10.250.0.0/24"
+            f"{show_value(text)} is not a valid IPv4 network",
+            "write it in CIDR notation, like 10.250.0.0/24",
         ) from None
 
 
@@ -95,14 +99,14 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 def _mac(value: Any) -> str:
     text = _require_str(value, "a MAC address", "52:54:00:12:34:56")
     norm = text.strip().lower().replace("-", ":")
-    if not _MAC.match(norm):
+    if not _MAC.fullmatch(norm):
         raise invalid(
-            f"{text!r} is not a valid MAC address",
+            f"{show_value(text)} is not a valid MAC address",
             "write six two-digit hex bytes separated by colons, like 52:54:00:12:34:56",
         )
     if int(norm[:2], 16) & 1:
         raise invalid(
-            f"{text!r} is a multicast MAC address",
+            f"{show_value(text)} is a multicast MAC address",
             "the first byte of a NIC's MAC address is even, like 52:54:00:12:34:56",
         )
     return norm
@@ -128,10 +132,10 @@ _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 
 def _dns_label(value: Any) -> str:
     text = _require_str(value, "a name", "cp-1")
-    if not _DNS_LABEL.match(text):
+    if not _DNS_LABEL.fullmatch(text):
         fixed = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63] or "node-1"
         raise invalid(
-            f"{text!r} is not a valid name",
+            f"{show_value(text)} is not a valid name",
             "use a DNS label: lowercase letters, digits and '-', starting and ending "
             f"with a letter or digit, at most 63 characters (like {fixed!r})",
         )
@@ -157,19 +161,19 @@ def _size(value: Any) -> str:
             f"{value} has no unit", f"write a size with a binary unit, like {value}Mi or 2Gi"
         )
     text = _require_str(value, "a size", "2Gi")
-    m = _SIZE.match(text.strip())
+    m = _SIZE.fullmatch(text.strip())
     if not m:
         hint = "write a whole number with Ki, Mi, Gi or Ti, like 2Gi or 1536Mi"
-        lower = re.match(r"^([1-9][0-9]*)\s*([kmgt])i?b?$", text.strip(), re.IGNORECASE)
+        lower = re.fullmatch(r"([1-9][0-9]*)\s*([kmgt])i?b?", text.strip(), re.IGNORECASE)
         if lower:
             hint = f"did you mean {lower.group(1)}{lower.group(2).upper()}i?"
-        raise invalid(f"{text!r} is not a valid size", hint)
+        raise invalid(f"{show_value(text)} is not a valid size", hint)
     return text.strip()
 
 
 def size_bytes(size: str) -> int:
     """ "1536Mi" -> 1610612736."""
-    m = _SIZE.match(size)
+    m = _SIZE.fullmatch(size)
     if not m:
         raise ValueError(f"not a size: {size!r}")
     return int(m.group(1)) * _UNITS[m.group(2)]
@@ -194,9 +198,9 @@ def _credential_ref(value: Any) -> str:
             "write env:NAME (an environment variable) or file:/path (a file holding it)",
         )
     if value.startswith("env:"):
-        if not _ENV_REF.match(value):
-            raise invalid(
-                f"{value!r} is not a valid environment variable reference",
+        if not _ENV_REF.fullmatch(value):
+            raise invalid(  # not repeated: it may be the secret, pasted after env:
+                "the env: reference does not name a valid environment variable",
                 "write env:NAME where NAME is letters, digits and '_', like env:BMC_PASSWORD",
             )
         return value
@@ -207,7 +211,7 @@ def _credential_ref(value: Any) -> str:
     if value.startswith(("/", "~/", "./")):
         raise invalid(
             "a credential must be a reference, not a bare path",
-            f"write file:{value}",
+            "write file: before the path, like file:~/.ssh/id_ed25519",
         )
     # Never echo the value back: it may be the secret itself.
     raise invalid(
@@ -237,14 +241,15 @@ _K8S_VERSION = re.compile(K8S_VERSION_PATTERN)
 def _k8s_version(value: Any) -> str:
     if isinstance(value, float):
         raise invalid(
-            f"{value!r} was read as a number", "write the full version as a string, like v1.37.2"
+            f"{show_value(value)} was read as a number",
+            "write the full version as a string, like v1.37.2",
         )
     text = _require_str(value, "a Kubernetes version", "v1.37.2")
-    if _K8S_VERSION.match(text):
+    if _K8S_VERSION.fullmatch(text):
         return text
-    if re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", text):
-        raise invalid(f"{text!r} lacks the leading 'v'", f"write v{text}")
-    raise invalid(f"{text!r} is not a Kubernetes version", "write it like v1.37.2")
+    if re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", text):
+        raise invalid(f"{show_value(text)} lacks the leading 'v'", f"write v{text}")
+    raise invalid(f"{show_value(text)} is not a Kubernetes version", "write it like v1.37.2")
 
 
 KubernetesVersion = Annotated[
