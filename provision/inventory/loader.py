@@ -135,9 +135,10 @@ def check_inventory(
         errors = e.errors(include_url=False)
         problems = [problem_from_error(err, ClusterSpec, doc.positions, file) for err in errors]
         sections, pruned = _valid_sections(doc, errors)
+    left_out = _Branches(pruned)
     for problem, loc in semantic_problems(sections, doc.positions, file):
         # a check on a field that was left out would only repeat its error
-        if not any(_same_branch(loc, cut) for cut in pruned):
+        if not left_out.touches(loc):
             problems.append(problem)
     problems.sort(key=lambda p: (p.line, p.column))
     return spec, problems
@@ -204,13 +205,15 @@ def _valid_sections(doc: Document, errors: list[ErrorDetails]) -> tuple[Sections
         cut = _prunable(err)
         if cut is None:
             bad.append(tuple(err["loc"]))
-        elif cut not in pruned:
+        else:
             pruned.append(cut)
+    pruned = list(dict.fromkeys(pruned))  # once each, in order
     for cut in sorted(pruned, key=len, reverse=True):
         _remove(data, cut)
+    bad_branches = _Branches(bad)
 
     def ok(loc: Loc) -> bool:
-        return not any(b[: len(loc)] == loc for b in bad)
+        return not bad_branches.below(loc)
 
     def section(key: str, model: type[BaseModel], required: bool) -> Any:
         if not ok((key,)) or (required and key not in data):
@@ -246,6 +249,18 @@ def _valid_sections(doc: Document, errors: list[ErrorDetails]) -> tuple[Sections
     return sections, pruned
 
 
-def _same_branch(path: Loc, other: Loc) -> bool:
-    n = min(len(path), len(other))
-    return path[:n] == other[:n]
+class _Branches:
+    """Document paths, asked about in time proportional to one path (thousands of
+    errors must not make the checks quadratic)."""
+
+    def __init__(self, paths: list[Loc]) -> None:
+        self.paths = set(paths)
+        self.prefixes = {path[:n] for path in paths for n in range(len(path) + 1)}
+
+    def below(self, loc: Loc) -> bool:
+        """A path lies at or under loc."""
+        return loc in self.prefixes
+
+    def touches(self, loc: Loc) -> bool:
+        """A path lies at or under loc, or above it."""
+        return self.below(loc) or any(loc[:n] in self.paths for n in range(len(loc)))

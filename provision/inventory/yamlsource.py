@@ -227,8 +227,9 @@ def too_many_values(doc: Document, file: str) -> YAMLSyntaxError | None:
                     line,
                     col,
                     str(key),
-                    f"the YAML aliases expand to more than {MAX_VALUES} values",
-                    "an alias (*name) repeats its whole anchor: repeat less, or use pools",
+                    f"more than {MAX_VALUES} values, aliases expanded",
+                    "an inventory holds a few thousand; an alias (*name) repeats its whole "
+                    "anchor: repeat less, and use pools for many nodes",
                 )
             )
     return None
