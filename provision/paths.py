@@ -8,14 +8,19 @@ Two roots, both outside any git clone so that a fresh clone (and CI) reuses them
 * the state (``PROVISION_STATE_DIR``, default ``$XDG_STATE_HOME/provision`` or
   ``~/.local/state/provision``): one directory per cluster holding what cannot be
   rebuilt (SSH keys, PKI, kubeconfig, machine disks, run records).
-  Secrets in it are mode 0600.
+  It is private: the state root and each cluster's directory are 0700, secrets and
+  run records 0600 (docs/operations.md, "Secrets").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from provision import secrets
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -56,10 +61,12 @@ class ClusterPaths:
     """Every file provision keeps for one cluster, in one place."""
 
     root: Path
+    # the state root above it (made private too), when the root is in the usual place
+    state: Path | None = None
 
     @classmethod
     def for_cluster(cls, name: str) -> ClusterPaths:
-        return cls(state_root() / "clusters" / name)
+        return cls(state_root() / "clusters" / name, state=state_root())
 
     @property
     def ssh_dir(self) -> Path:
@@ -98,20 +105,41 @@ class ClusterPaths:
         return self.root / "runs"
 
     def ensure(self) -> None:
+        """The cluster's directories, each 0700 (so are the state root and any parent
+        made here): what is inside is nobody else's to read, secret or not."""
         for d in (self.root, self.ssh_dir, self.pki_dir, self.runs_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        for d in (self.ssh_dir, self.pki_dir):
+            private_dir(d)
+        private = [self.root, self.ssh_dir, self.pki_dir, self.runs_dir]
+        if self.state is not None and self.state.is_dir():
+            private.append(self.state)
+        for d in private:
             d.chmod(0o700)
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` and every missing parent, made 0700 (an existing one is left as it is)."""
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+    return path
+
+
 def write_secret(path: Path, data: bytes | str) -> None:
-    """Write a file that holds a secret: created 0600 before any byte lands."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file that holds a secret: 0600 before any byte lands, and never through a
+    symlink. The bytes go to a fresh name that nobody else can have made (mkstemp:
+    O_CREAT|O_EXCL, which a planted symlink fails), then replace ``path``: rename
+    replaces a symlink at ``path`` itself instead of writing where it points. The secret
+    is registered for redaction first, so nothing written later repeats it."""
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    secrets.register(raw)
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as out:
+            out.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

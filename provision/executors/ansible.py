@@ -9,6 +9,13 @@ ordinary files: an operator can rerun any stage by hand with
 
 Ansible's events stream back to the engine (progress view, run records) and the
 result is summarised per host: ok, changed, failed (with the failing task).
+
+Secrets: ansible-runner keeps its own record of each run (artifacts/<id>/: command,
+job_events/, stdout, status, rc) in the run record's directory. Every event passes
+through the redactor before ansible-runner writes it, the human-readable stdout is
+written here from those redacted events (not by ansible-runner from the raw stream),
+Ansible gets only the environment it needs (:func:`ansible_env`), and facts stay in
+memory (Ansible's fact cache files are 0644).
 """
 
 from __future__ import annotations
@@ -17,15 +24,17 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import ansible_runner
 import ansible_runner.interface
 import yaml
 
-from provision.paths import ClusterPaths, data_dir
+from provision.paths import ClusterPaths, data_dir, private_dir
+from provision.report.redact import Redactor
 
 # One ansible-runner event (its JSON as a dict), and who receives them.
 Event = dict[str, object]
@@ -113,8 +122,10 @@ def write_ansible_cfg(paths: ClusterPaths, roles_dir: Path | None = None) -> Pat
         f"roles_path = {roles_dir or data_dir('roles')}\n"
         "host_key_checking = True\n"
         "gathering = smart\n"
-        f"fact_caching = jsonfile\nfact_caching_connection = {ansible_dir(paths) / 'facts'}\n"
-        "fact_caching_timeout = 600\n"
+        # Facts live as long as one ansible-playbook run (its plays share them), as they
+        # did in ansible-runner's per-run jsonfile cache; never on disk, where Ansible
+        # writes them 0644 into the run record.
+        "fact_caching = memory\n"
         "interpreter_python = /usr/bin/python3\n"
         "forks = 20\n"
         "timeout = 30\n"
@@ -193,10 +204,20 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
                  on_event: EventSink, limit: list[str] | None = None,
                  cancel: threading.Event | None = None) -> PlaybookResult:
     """Run a playbook; every Ansible event goes to ``on_event`` as it happens."""
-    work_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(work_dir)
     outcomes: dict[str, HostOutcome] = {}
+    stdout: list[TextIO] = []  # opened once ansible-runner named its artifact directory
+    redact = Redactor()
 
     def handler(event: Event) -> bool:
+        # In place: ansible-runner writes this very dict to job_events/ after we return.
+        clean = redact.data(event)
+        event.clear()
+        event.update(clean)
+        text = event.get("stdout")
+        if stdout and isinstance(text, str) and text:
+            stdout[0].write(text + "\n")
+            stdout[0].flush()
         data = event_data(event)
         host = data.get("host")
         kind = event.get("event", "")
@@ -217,7 +238,7 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
                 outcome.task = task if isinstance(task, str) else None
                 outcome.message = _failure_message(res)
         on_event(event)
-        return True
+        return True  # ansible-runner keeps the (redacted) event in job_events/
 
     runner = ansible_runner.interface.init_runner(
         private_data_dir=str(work_dir),
@@ -235,31 +256,41 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
         cancel_callback=(lambda: cancel.is_set()) if cancel else None,
         quiet=True,
         rotate_artifacts=1,
-        suppress_env_files=True,
+        suppress_env_files=True,  # no env/ files (extravars, passwords, ssh key)
+        fact_cache_type="memory",  # not ansible-runner's jsonfile cache: ansible.cfg's
     )
+    # No stdout/stderr written from the raw stream: the handler writes stdout from the
+    # redacted events. Set on the prepared configuration: ansible-runner 2.4 overwrites
+    # the keyword argument of that name with its settings (env/settings, default off).
+    runner.config.suppress_output_file = True
     runner.config.env = ansible_env(runner.config.env)
-    runner.run()
-    # ansible-runner keeps the full human-readable output beside its events
-    stdout = Path(runner.config.artifact_dir) / "stdout"
-    return PlaybookResult(rc=int(runner.rc or 0), hosts=outcomes, stdout_path=stdout)
+    stdout_path = Path(runner.config.artifact_dir) / "stdout"
+    fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        stdout.append(out)
+        runner.run()
+    return PlaybookResult(rc=int(runner.rc or 0), hosts=outcomes, stdout_path=stdout_path)
 
 
 # What ansible-playbook inherits from provision's environment. ansible-runner copies the
 # whole environment into the child and into its run record (artifacts/<id>/command),
 # and that environment can hold secrets: a BMC password or a token that the inventory
-# names as ``env:VAR``. Ansible needs none of them: it gets the variables below, the
-# ones ansible-runner and the executor set (ANSIBLE_*, runner's own), and nothing else.
+# names as ``env:VAR``. Ansible needs none of them: it gets the variables below and the
+# ones ansible-runner and the executor set, nothing else (an operator's own ANSIBLE_*
+# included: the generated ansible.cfg is Ansible's whole configuration).
+# SSH_AUTH_SOCK: a path, not a secret; with it Ansible reaches a static provider's
+# agent-held key like `provision ssh`, the checks and observation do.
 INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
-                           "TMPDIR", "TERM", "PYTHONPATH"})
+                           "TMPDIR", "TERM", "PYTHONPATH", "SSH_AUTH_SOCK"})
 
 
-def ansible_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` (ansible-runner's, os.environ plus its own) without what provision's
-    environment holds beyond INHERITED_ENV: ANSIBLE_* and ansible-runner's variables
-    are kept, every other variable is dropped."""
+def ansible_env(env: Mapping[str, str],
+                inherited: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``env`` (ansible-runner's: ``inherited`` plus what it and the executor set)
+    without the inherited variables beyond INHERITED_ENV. A variable counts as set by
+    ansible-runner or the executor when ``inherited`` lacks it or holds another value."""
     return {k: v for k, v in env.items()
-            if k in INHERITED_ENV or k.startswith(("ANSIBLE_", "LC_", "AWX_", "RUNNER_"))
-            or k in ("AD_HOC_COMMAND_ID", "ORIGINAL_STDOUT_CALLBACK", "JOB_ID")}
+            if k in INHERITED_ENV or k.startswith("LC_") or inherited.get(k) != v}
 
 
 def output_tail(result: PlaybookResult, lines: int = 8) -> str:

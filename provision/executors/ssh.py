@@ -9,8 +9,11 @@ machine), and a ProxyCommand when the node lives in a lab network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shlex
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from provision import secrets
+from provision.errors import ProvisionError
 from provision.paths import ClusterPaths, write_secret
 
 
@@ -34,6 +39,8 @@ def ensure_cluster_keypair(paths: ClusterPaths, comment: str = "provision") -> P
     """Create the cluster's ed25519 key pair once; the private half is 0600."""
     paths.ensure()
     if paths.ssh_private_key.exists() and paths.ssh_public_key.exists():
+        # made by an earlier run: this run learns it now (write_secret registers a new one)
+        secrets.register(paths.ssh_private_key.read_bytes())
         return paths.ssh_private_key
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
@@ -49,11 +56,50 @@ def ensure_cluster_keypair(paths: ClusterPaths, comment: str = "provision") -> P
     return paths.ssh_private_key
 
 
-def control_path(paths: ClusterPaths) -> str:
-    # Unix socket paths are limited to ~104 bytes and state dirs can be deep,
-    # so the multiplexing sockets live in /tmp under a per-cluster prefix.
+# A unix socket path holds at most 107 bytes, and ssh binds the master's socket first
+# at "<ControlPath>.<16 random characters>": what the directory may take is what is left.
+_SOCKET_PATH_MAX = 107
+_SOCKET_NAME_LEN = 12
+_SSH_TEMP_SUFFIX = 17
+
+
+def control_dir(paths: ClusterPaths) -> Path:
+    """Where the multiplexing sockets live: ``<cluster>/cm`` inside the private state
+    directory, or, when that path is too long for a socket, a directory of this user's
+    alone under ``$XDG_RUNTIME_DIR`` or /tmp (see :func:`ensure_control_dir`). A socket
+    in a world-writable place with a predictable name could be planted or hijacked."""
+    fits = _SOCKET_PATH_MAX - 1 - _SOCKET_NAME_LEN - _SSH_TEMP_SUFFIX
+    inside = paths.root / "cm"
+    if len(os.fsencode(inside)) <= fits:
+        return inside
     tag = hashlib.sha256(str(paths.root).encode()).hexdigest()[:10]
-    return f"/tmp/pv-{tag}-%C"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and len(os.fsencode(runtime)) + 14 <= fits:
+        return Path(runtime) / f"pv-{tag}"
+    return Path("/tmp") / f"pv-{os.geteuid()}-{tag}"
+
+
+def ensure_control_dir(paths: ClusterPaths) -> Path:
+    """The socket directory, made 0700; refused when it is not this user's own private
+    directory (someone made it first, or planted a symlink)."""
+    d = control_dir(paths)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise ProvisionError(f"{d} (the SSH control socket directory) is not a directory of "
+                             "this user's: remove it or set PROVISION_STATE_DIR elsewhere")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)
+    return d
+
+
+def control_path(paths: ClusterPaths, user: str, ep: SSHEndpoint) -> str:
+    # Named by where it leads (like ssh's %C, but short enough for any state directory):
+    # a node recreated at another address never reuses the old machine's master.
+    where = f"{user}@{ep.address}:{ep.port} {ep.proxy_command or ''}"
+    name = hashlib.sha256(where.encode()).hexdigest()[:_SOCKET_NAME_LEN]
+    return str(control_dir(paths) / name)
 
 
 def render_ssh_config(
@@ -82,7 +128,7 @@ def render_ssh_config(
             "  ServerAliveCountMax 6",
             "  ControlMaster auto",
             "  ControlPersist 120s",
-            f"  ControlPath {control_path(paths)}",
+            f"  ControlPath {control_path(paths, user, ep)}",
             "  LogLevel ERROR",
         ]
         if ep.proxy_command:
@@ -98,6 +144,7 @@ def write_ssh_config(
     identity: Path | None = None,
 ) -> Path:
     paths.ensure()
+    ensure_control_dir(paths)
     text = render_ssh_config(paths, user, endpoints, identity or paths.ssh_private_key)
     if not paths.ssh_config.exists() or paths.ssh_config.read_text() != text:
         tmp = paths.ssh_config.with_suffix(".tmp")

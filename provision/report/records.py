@@ -12,12 +12,20 @@ duration, log, nodes [{name, status, started, finished, duration, task, detail}]
 checks [{node, name, outcome, duration, message}]}], ``run_dir, log, events,
 junit_dir``. Stage and node times are epoch floats; a node that never ran has
 status ``not-run`` and null times; a stage never finished has status ``unfinished``.
+
+Secrets: every line goes through the redactor before it reaches a file (a run killed
+with SIGKILL leaves nothing to scrub), the run directory is 0700 and its files 0600.
+Files other processes write into it (checks' JUnit and output) are made 0600 as soon as
+the record next hears of the run, and scrubbed once more when the run finishes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
 import textwrap
 import threading
 import time
@@ -28,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from provision import secrets
+from provision.paths import private_dir
 from provision.report.html import render_html
 from provision.report.redact import Redactor
 
@@ -97,21 +107,22 @@ class RunRecord:
         self.error: str | None = None
         self._stages: dict[str, StageRecord] = {}
         self._lock = threading.RLock()
+        self._sealed: dict[Path, int] = {}  # file -> its mtime when last redacted
 
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(runs_dir)
         stamp = datetime.fromtimestamp(self.started, UTC).strftime("%Y%m%dT%H%M%SZ")
         base, n = f"{stamp}-{command}", 1
         while True:
             self.run_id = base if n == 1 else f"{base}-{n}"
             self.dir = runs_dir / self.run_id
             try:
-                self.dir.mkdir()
+                self.dir.mkdir(mode=0o700)
                 break
             except FileExistsError:
                 n += 1
-        self.junit_dir.mkdir()
-        self._log: TextIO = open(self.log, "a", encoding="utf-8")  # noqa: SIM115
-        self._events: TextIO = open(self.events, "a", encoding="utf-8")  # noqa: SIM115
+        self.junit_dir.mkdir(mode=0o700)
+        self._log: TextIO = _append(self.log)
+        self._events: TextIO = _append(self.events)
         self.log_line(f"provision {command}: cluster={cluster or '-'} inventory={self.inventory}")
 
     # -- paths ---------------------------------------------------------------------------
@@ -142,7 +153,7 @@ class RunRecord:
     def stage_log(self, stage: str) -> Path:
         """Where the executor writes a stage's Ansible stdout (redacted again at finish)."""
         path = self._ansible_log(stage)
-        path.parent.mkdir(exist_ok=True)
+        private_dir(path.parent)
         return path
 
     def _ansible_log(self, stage: str) -> Path:
@@ -151,14 +162,14 @@ class RunRecord:
     # -- writing -------------------------------------------------------------------------
 
     def add_secret(self, secret: str) -> None:
-        """A secret learnt during the run (e.g. a generated token): masked from now on."""
-        with self._lock:
-            self.redact.add(secret)
+        """A secret learnt during the run (e.g. a generated token): masked from now on,
+        here and in everything else this process writes (``provision.secrets``)."""
+        secrets.register(secret)
 
     def write_json(self, name: str, data: Any) -> Path:
         """A named JSON document beside the log (a plan, an observation)."""
         path = self.dir / name
-        path.write_text(self.redact(json.dumps(data, indent=2, sort_keys=True, default=str)))
+        self._write(path, json.dumps(data, indent=2, sort_keys=True, default=str))
         return path
 
     def log_line(self, text: str) -> None:
@@ -167,7 +178,7 @@ class RunRecord:
         lines = self.redact(text).splitlines() or [""]
         with self._lock:
             if self._log.closed:
-                self._log = open(self.log, "a", encoding="utf-8")  # noqa: SIM115
+                self._log = _append(self.log)
             self._log.write("".join(f"{stamp} {line}\n" for line in lines))
             self._log.flush()
 
@@ -176,7 +187,7 @@ class RunRecord:
         line = json.dumps(self.redact.data(event), default=str, sort_keys=True)
         with self._lock:
             if self._events.closed:
-                self._events = open(self.events, "a", encoding="utf-8")  # noqa: SIM115
+                self._events = _append(self.events)
             self._events.write(self.redact(line) + "\n")
             self._events.flush()
 
@@ -198,6 +209,7 @@ class RunRecord:
     def node_state(self, stage: str, node: str, state: str, task: str | None = None) -> None:
         """Progress-style state change (e.g. ``running`` a task): logged only."""
         self.log_line(f"[{stage}] {node}: {state}" + (f" -- {task}" if task else ""))
+        self._seal(redact=False)  # checks may be writing their files right now
 
     def message(self, text: str) -> None:
         self.log_line(text)
@@ -235,6 +247,7 @@ class RunRecord:
         result = CheckResult(node, self.redact(check_name), outcome, duration, self.redact(message))
         with self._lock:
             self._stage(stage).checks.append(result)
+        self._seal()
         line = f"[{stage}] {node}: check {check_name} {outcome} {duration:.3f}s"
         self.log_line(line + ("\n" + textwrap.indent(message, "  ") if message else ""))
 
@@ -244,6 +257,7 @@ class RunRecord:
             rec.finished, rec.status = self._clock(), status
             took = rec.finished - rec.started
         self.log_line(f"[{stage}] {status} {took:.3f}s")
+        self._seal()
 
     def close(self) -> None:
         """Progress interface: nothing to do, :meth:`finish` closes the record."""
@@ -260,7 +274,7 @@ class RunRecord:
             self._write(self.report_html, render_html(data))
             self._log.close()
             self._events.close()
-            self._scrub()
+            self._seal(everything=True)
 
     def __enter__(self) -> RunRecord:
         return self
@@ -365,19 +379,57 @@ class RunRecord:
         return None
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.redact(text), encoding="utf-8")
-        os.replace(tmp, path)
+        """Replace ``path`` with the redacted ``text``: a fresh 0600 file, then rename."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(self.redact(text))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
-    def _scrub(self) -> None:
-        """Files others wrote into the run directory (Ansible stdout, JUnit) get redacted too."""
-        for path in self.dir.rglob("*"):
-            if not path.is_file() or path in (self.report_json, self.report_html):
-                continue
+    def _seal(self, everything: bool = False, redact: bool = True) -> None:
+        """Files others made in the run directory become 0600 (directories 0700) and
+        are redacted: the checks' JUnit and output, written by verify and its pytest
+        process with their own umask and no redactor. Done at every state change, so
+        a killed run keeps them only for the moment between their writing and the next
+        line of the record; a file is looked at again only when it changed. Without
+        ``everything``, only the run directory's top and junit/ are looked at:
+        ansible-runner makes its own files 0600 from redacted events. Without
+        ``redact``, modes only: a file still being written is not rewritten."""
+        found = (self.dir.rglob("*") if everything
+                 else [*self.dir.iterdir(), *self.junit_dir.iterdir()])
+        for path in found:
             try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
+                st = path.lstat()
+                want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+                if (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) \
+                        and stat.S_IMODE(st.st_mode) != want:
+                    os.chmod(path, want)
+            except OSError:
+                continue  # gone meanwhile (a temporary file renamed into place)
+            if not stat.S_ISREG(st.st_mode):
                 continue
-            clean = self.redact(text)
-            if clean != text:
-                self._write(path, clean)
+            if redact and (everything or path.parent == self.junit_dir) \
+                    and self._sealed.get(path) != st.st_mtime_ns:
+                self._redact_file(path)
+                with contextlib.suppress(OSError):
+                    self._sealed[path] = path.lstat().st_mtime_ns
+
+    def _redact_file(self, path: Path) -> None:
+        if path in (self.report_json, self.report_html, self.log, self.events):
+            return  # written here, through the redactor
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            return  # binary (an etcd snapshot) or gone
+        clean = self.redact(text)
+        if clean != text:
+            self._write(path, clean)
+
+
+def _append(path: Path) -> TextIO:
+    """``path`` opened for appending, created 0600 (never through a symlink)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")

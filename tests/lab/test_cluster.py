@@ -97,6 +97,7 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(base / "state"))
+        mp.setenv("BMC_PASSWORD", SENTINEL)  # no record or artifact may repeat it
         sweep(NAME)
         lab = Lab(base)
         try:
@@ -244,6 +245,100 @@ def test_five_ready_nodes_through_the_written_kubeconfig(lab, kubectl):
              if any(c["type"] == "Ready" and c["status"] == "True"
                     for c in n["status"]["conditions"])}
     assert ready == {n: "v1.37.2" for n in FIRST_NODES}
+
+
+# A BMC password in provision's environment for the whole module (set by the lab
+# fixture, inherited by the killed `up` processes): Ansible must not see or record it.
+SENTINEL = "sentinel-bmc-password-3f9a61c2d7e4"
+
+
+def test_no_secret_in_the_state_directory(lab):
+    """After three killed runs, the resumed one and the kubeconfig: no secret of the
+    cluster anywhere in the state directory but in the files meant to hold one, and the
+    state is private (its root and the cluster's directory 0700, every file of every
+    run record 0600)."""
+    import base64
+    import re
+    import stat
+
+    import yaml
+
+    from provision.providers.local.layout import NodeLayout
+
+    paths = ClusterContext.open(lab.inventory).paths
+    admin = "--kubeconfig /etc/kubernetes/admin.conf"
+
+    def key_needles(text: str) -> set[str]:
+        """The first and the last 40 characters of every PEM private key's body (one
+        line each: a key in a log keeps its line breaks, or escapes them)."""
+        found = set()
+        for body in re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----\n(.*?)\n-----END", text,
+                               re.DOTALL):
+            lines = [line for line in body.splitlines() if len(line) >= 40 and ":" not in line]
+            assert lines, f"a private key without a body: {body[:80]!r}"
+            found |= {lines[0][:40], lines[-1][-40:]}
+        return found
+
+    # bootstrap tokens still valid (kubeadm init's lives 24 h; the joins' expire within
+    # minutes, and the cluster deletes them): kubeadm's list and the token Secrets
+    tokens = set(re.findall(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b",
+                            lab.on("cp-1", f"kubeadm token list {admin}")))
+    for secret in json.loads(lab.on("cp-1", f"kubectl {admin} -n kube-system get secrets "
+                                            "-o json"))["items"]:
+        if secret.get("type") == "bootstrap.kubernetes.io/token":
+            data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+            tokens.add(f"{data['token-id']}.{data['token-secret']}")
+    assert tokens, "no bootstrap token left to look for"
+
+    # private keys: the provisioner's (SSH, etcd PKI) and the nodes' (Kubernetes PKI,
+    # kubelet client credentials)
+    keys: set[str] = key_needles(paths.ssh_private_key.read_text())
+    for key in paths.pki_dir.rglob("*.key"):
+        keys |= key_needles(key.read_text())
+    for node in FIRST_NODES:
+        keys |= key_needles(lab.on(node, "cat /etc/kubernetes/pki/*.key "
+                                         "/var/lib/kubelet/pki/kubelet-client-current.pem "
+                                         "2>/dev/null; true"))
+    # the written admin kubeconfig's client key, as written and decoded
+    for user in yaml.safe_load(paths.kubeconfig.read_text())["users"]:
+        data = user["user"]["client-key-data"]
+        keys |= {data[:40], data[-40:]} | key_needles(base64.b64decode(data).decode())
+    assert len(keys) >= 2 * (1 + 3 + 3 * 4), f"too few keys found: {len(keys)}"
+    needles = {n.encode(): what for what, group in
+               (("bootstrap token", tokens), ("private key", keys),
+                ("BMC password", {SENTINEL})) for n in group}
+
+    # the files that hold secrets by design; everything else is searched
+    allowed = {paths.ssh_private_key, paths.kubeconfig, *paths.pki_dir.rglob("*.key"),
+               *paths.runs_dir.glob("*/etcd-snapshot.db")}  # a backup holds every Secret
+    disks = set()  # a lab machine's disk holds that node's keys, as any disk would
+    for node_dir in paths.machines_dir.iterdir():
+        if node_dir.is_dir():
+            lay = NodeLayout.of(NAME, node_dir.name)
+            disks |= {lay.upper, lay.work, lay.root, lay.containerd, lay.kubelet}
+    leaks, searched = [], 0
+    for top, dirs, files in os.walk(lab.state):
+        dirs[:] = [d for d in dirs if Path(top, d) not in disks]
+        for name in files:
+            path = Path(top, name)
+            if path in allowed or not path.is_file() or path.is_symlink():
+                continue  # sockets (SSH masters), links
+            searched += 1
+            raw = path.read_bytes()
+            leaks += [f"{what} {needle[:12].decode()}... in {path}"
+                      for needle, what in needles.items() if needle in raw]
+    assert searched > 100, f"only {searched} files searched: is the state where it was?"
+    assert not leaks, "\n".join(leaks[:40])
+
+    # modes: the state is nobody else's to read
+    mode = lambda p: stat.S_IMODE(p.lstat().st_mode)  # noqa: E731
+    assert mode(lab.state) == 0o700 and mode(paths.root) == 0o700
+    runs = sorted(p for p in paths.runs_dir.iterdir() if p.is_dir())
+    assert len(runs) >= 4, runs  # the three killed runs and the one that resumed
+    assert all(mode(run) == 0o700 for run in runs), {r.name: oct(mode(r)) for r in runs}
+    loose = [f"{oct(mode(p))} {p}" for p in paths.runs_dir.rglob("*")
+             if p.is_file() and not p.is_symlink() and mode(p) != 0o600]
+    assert not loose, "\n".join(loose[:40])
 
 
 def test_second_up_changes_nothing(lab):

@@ -33,8 +33,12 @@ def test_ssh_config_is_strict_and_shared(tmp_path):
     assert "ProxyCommand px %h %p" in text
     assert text.count("ProxyCommand") == 1
     assert "Port 2222" in text
-    # control sockets must fit the unix socket path limit whatever the state dir is
-    assert len(ssh.control_path(paths).replace("%C", "x" * 40)) < 100
+    # control sockets live in the private state directory, one per endpoint
+    paths_in_config = [line.split()[1] for line in text.splitlines()
+                       if line.strip().startswith("ControlPath ")]
+    assert len(set(paths_in_config)) == 2
+    assert all(p.startswith(str(paths.root / "cm") + "/") for p in paths_in_config)
+    assert stat.S_IMODE((paths.root / "cm").stat().st_mode) == 0o700
 
 
 def test_stage_playbook_writes_marker_only_after_roles(tmp_path):
