@@ -66,22 +66,22 @@ _SSH_TEMP_SUFFIX = 17
 def control_dir(paths: ClusterPaths) -> Path:
     """Where the multiplexing sockets live: ``<cluster>/cm`` inside the private state
     directory, or, when that path is too long for a socket, a directory of this user's
-    alone under ``$XDG_RUNTIME_DIR`` or /tmp (see :func:`ensure_control_dir`). A socket
-    in a world-writable place with a predictable name could be planted or hijacked."""
+    alone under /tmp (see :func:`ensure_control_dir`): a socket in a world-writable place
+    with a predictable name could be planted or hijacked. Derived from the path alone,
+    so every process (whatever its environment) finds the sockets the config names."""
     fits = _SOCKET_PATH_MAX - 1 - _SOCKET_NAME_LEN - _SSH_TEMP_SUFFIX
     inside = paths.root / "cm"
     if len(os.fsencode(inside)) <= fits:
         return inside
     tag = hashlib.sha256(str(paths.root).encode()).hexdigest()[:10]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and len(os.fsencode(runtime)) + 14 <= fits:
-        return Path(runtime) / f"pv-{tag}"
     return Path("/tmp") / f"pv-{os.geteuid()}-{tag}"
 
 
 def ensure_control_dir(paths: ClusterPaths) -> Path:
     """The socket directory, made 0700; refused when it is not this user's own private
-    directory (someone made it first, or planted a symlink)."""
+    directory (someone made it first, or planted a symlink). Called before every use of
+    the configuration: ssh exits when its ControlPath's directory is missing (one under
+    /tmp is gone after a reboot)."""
     d = control_dir(paths)
     with contextlib.suppress(FileExistsError):
         d.mkdir(mode=0o700)
@@ -92,6 +92,11 @@ def ensure_control_dir(paths: ClusterPaths) -> Path:
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(d, 0o700)
     return d
+
+
+def _before_ssh(paths: ClusterPaths) -> None:
+    if paths.ssh_config.exists():
+        ensure_control_dir(paths)
 
 
 def control_path(paths: ClusterPaths, user: str, ep: SSHEndpoint) -> str:
@@ -155,6 +160,7 @@ def write_ssh_config(
 
 def ssh_command(paths: ClusterPaths, node: str, *remote: str) -> list[str]:
     """argv for running a command on a node with the cluster's SSH settings."""
+    _before_ssh(paths)
     argv = ["ssh", "-F", str(paths.ssh_config), node]
     if remote:
         argv.append(" ".join(shlex.quote(part) for part in remote) if len(remote) > 1
@@ -166,6 +172,7 @@ def run_on_node(
     paths: ClusterPaths, node: str, script: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run a shell snippet on a node; returns the completed process (never raises on rc)."""
+    _before_ssh(paths)
     return subprocess.run(
         ["ssh", "-F", str(paths.ssh_config), node, script],
         capture_output=True,
@@ -179,6 +186,7 @@ def close_masters(paths: ClusterPaths, nodes: list[str]) -> None:
     """Stop multiplexing masters (before a node's machine goes away)."""
     if not paths.ssh_config.exists():
         return
+    _before_ssh(paths)
     for node in nodes:
         subprocess.run(
             ["ssh", "-F", str(paths.ssh_config), "-O", "exit", node],

@@ -167,8 +167,7 @@ def test_control_sockets_live_in_the_private_state(tmp_path: Path) -> None:
 
 
 def test_a_state_dir_too_deep_for_sockets_gets_a_private_dir_of_its_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        tmp_path: Path) -> None:
     paths = ClusterPaths(tmp_path / ("d" * 90) / "c")
     paths.ensure()
     d = ssh.control_dir(paths)
