@@ -250,6 +250,10 @@ def run_playbook(paths: ClusterPaths, playbook: Path, inventory: Path, work_dir:
             "ANSIBLE_CONFIG": str(ansible_dir(paths) / "ansible.cfg"),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
+            # ansible-runner sets False when it is unset, and Ansible then passes ssh
+            # "-o StrictHostKeyChecking=no", which beats the cluster's ssh config: a
+            # machine in the middle would get the join tokens. ansible.cfg says True.
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
         },
         limit=",".join(limit) if limit else None,
         event_handler=handler,

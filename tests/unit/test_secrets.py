@@ -249,10 +249,12 @@ def test_a_real_playbook_leaves_no_secret_in_runners_artifacts_or_the_run_record
     assert {"command", "stdout", "rc", "status", "run.log", "events.jsonl"} <= names
     assert any(p.parent.name == "job_events" for p in files)
     assert not any("fact_cache" in p.parts for p in files)  # facts stay in memory
-    for path in files:
+    for path in files:  # no finish() yet: what a run killed now would leave
         raw = path.read_bytes()
         for needle in (sentinel, learnt, token):
             assert needle.encode() not in raw, f"{needle} in {path}"
         assert _mode(path) == 0o600, path
-    # no finish() yet: this is what a run killed now would leave
+    # host keys are checked: ansible-runner's default (False) would beat the ssh config
+    command = json.loads(next(p for p in files if p.name == "command").read_text())
+    assert command["env"]["ANSIBLE_HOST_KEY_CHECKING"] == "True"
     rec.finish("ok")
