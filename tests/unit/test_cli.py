@@ -116,3 +116,34 @@ def test_destroy_refuses_wipe_with_keep_machines_before_reading_anything(tmp_pat
                                  "--wipe", "--keep-machines"])
     assert result.exit_code == 2
     assert "--wipe erases the machines --keep-machines keeps" in result.output
+
+
+TAGGED = ROOT / "tests/unit/inventories/invalid/yaml-tag.yaml"
+
+
+def test_problems_are_never_rewrapped():
+    # CliRunner's stderr is no terminal, like a pipe or CI: rich wrapped at 80 columns
+    result = runner.invoke(app, ["validate", "-i", str(TAGGED)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80, lines
+    assert lines[0].startswith(f"{TAGGED}:5:7: error: ")
+
+
+def test_invalid_inventory_through_any_command_is_one_problem_per_line():
+    result = runner.invoke(app, ["plan", "-i", str(TAGGED)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{TAGGED}:5:7: error: <document>: ")
+
+
+def test_error_text_is_neither_markup_nor_terminal_control(monkeypatch):
+    from provision import commands
+    from provision.errors import BadInput
+
+    def refuse(*args, **kwargs):
+        raise BadInput("no cluster [/bold] named \x1b[31mx :thumbs_up:")
+
+    monkeypatch.setattr(commands, "plan", refuse)
+    result = runner.invoke(app, ["plan", "-i", str(ROOT / "inventories/local.yaml")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: no cluster [/bold] named \\x1b[31mx :thumbs_up:\n"
