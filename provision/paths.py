@@ -108,12 +108,10 @@ class ClusterPaths:
         """The cluster's directories, each 0700 (so are the state root and any parent
         made here): what is inside is nobody else's to read, secret or not."""
         for d in (self.root, self.ssh_dir, self.pki_dir, self.runs_dir):
-            private_dir(d)
-        private = [self.root, self.ssh_dir, self.pki_dir, self.runs_dir]
-        if self.state is not None and self.state.is_dir():
-            private.append(self.state)
-        for d in private:
-            d.chmod(0o700)
+            private_dir(d).chmod(0o700)
+        if self.state is not None and self.state.is_dir() \
+                and self.state.stat().st_uid == os.geteuid():  # not someone else's
+            self.state.chmod(0o700)
 
 
 def private_dir(path: Path) -> Path:
