@@ -15,8 +15,9 @@ status ``not-run`` and null times; a stage never finished has status ``unfinishe
 
 Secrets: every line goes through the redactor before it reaches a file (a run killed
 with SIGKILL leaves nothing to scrub), the run directory is 0700 and its files 0600.
-Files other processes write into it (checks' JUnit and output) are made 0600 as soon as
-the record next hears of the run, and scrubbed once more when the run finishes.
+Files other processes write into it (checks' JUnit and output) are made 0600 at the
+record's next state change and redacted at the next check result or stage end; every
+file is looked at once more when the run finishes.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class RunRecord:
         return self.junit_dir / f"{stage}.xml"
 
     def stage_log(self, stage: str) -> Path:
-        """Where the executor writes a stage's Ansible stdout (redacted again at finish)."""
+        """Beside it, the directory where the executor runs ansible-runner for the stage."""
         path = self._ansible_log(stage)
         private_dir(path.parent)
         return path
@@ -263,7 +264,8 @@ class RunRecord:
         """Progress interface: nothing to do, :meth:`finish` closes the record."""
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """End the run: write report.json and report.html, scrub secrets from every file."""
+        """End the run: write report.json and report.html; every file of the run 0600 and
+        redacted once more."""
         with self._lock:
             self.finished, self.status = self._clock(), status
             self.error = self.redact(error) if error else None
