@@ -152,7 +152,8 @@ class RunRecord:
         return self.junit_dir / f"{stage}.xml"
 
     def stage_log(self, stage: str) -> Path:
-        """Beside it, the directory where the executor runs ansible-runner for the stage."""
+        """``ansible/<stage>.log`` in the run directory, the log a stage's failure names;
+        its directory (0700) also holds each stage's ansible-runner directory."""
         path = self._ansible_log(stage)
         private_dir(path.parent)
         return path
