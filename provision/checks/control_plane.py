@@ -1,22 +1,36 @@
-"""control-plane stage: every API server ready (directly and through the VIP),
-scheduler and controller-manager have leaders, certificates carry the right names."""
+"""control-plane stage: every API server ready and serving the cluster CA's certificate
+(directly and through the VIP), the node labelled and tainted as a control-plane node,
+scheduler and controller-manager running here with live leaders, haproxy seeing every
+API server up, certificates carrying the right names and not expired."""
 
 import json
+import time
+from datetime import datetime
 
 from provision import nodefacts
+from provision.observe.membership import parse_haproxy_stats
 
 KUBECTL = f"kubectl --kubeconfig {nodefacts.ADMIN_KUBECONFIG}"
+CA = f"{nodefacts.KUBERNETES_PKI_DIR}/ca.crt"
+CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
+
+
+def readyz(host, address: str) -> str:
+    """The API server's verbose readyz at ``address``, its certificate verified
+    against the cluster CA (a server with another certificate fails the handshake)."""
+    out = host.run(f"curl -sS --fail --max-time 5 --cacert {CA} 'https://{address}/readyz?verbose'")
+    return out.stdout if out.rc == 0 else f"curl exit {out.rc}: {out.stderr.strip()}"
 
 
 def test_api_server_ready_on_this_node(host, cluster):
     port = cluster.get("provision_api_port", 6443)
-    out = host.run(f"curl -sk --max-time 5 'https://{cluster['node']['address']}:{port}/readyz?verbose'")
-    assert "readyz check passed" in out.stdout, out.stdout[-500:]
+    out = readyz(host, f"{cluster['node']['address']}:{port}")
+    assert "readyz check passed" in out, out[-500:]
 
 
 def test_api_ready_through_the_vip(host, cluster):
-    out = host.run(f"curl -sk --max-time 5 'https://{cluster.api_endpoint}/readyz?verbose'")
-    assert "readyz check passed" in out.stdout, out.stdout[-500:]
+    out = readyz(host, cluster.api_endpoint)
+    assert "readyz check passed" in out, out[-500:]
 
 
 def test_api_server_binds_only_the_node_address(host, cluster):
@@ -26,22 +40,90 @@ def test_api_server_binds_only_the_node_address(host, cluster):
     assert f"*:{port}" not in sockets and f"0.0.0.0:{port}" not in sockets
 
 
-def test_leaders_elected(host):
+def test_labelled_and_tainted_as_control_plane(host, cluster):
+    """kubeadm marks a node last in init or join: without the label and the NoSchedule
+    taint the node is half-joined (or someone untainted it and workloads land there)."""
+    out = host.run(f"{KUBECTL} get node {cluster['node']['name']} -o json")
+    assert out.rc == 0, out.stderr
+    node = json.loads(out.stdout)
+    assert CONTROL_PLANE in node["metadata"].get("labels", {}), "no control-plane label"
+    taints = {(t["key"], t.get("effect")) for t in node["spec"].get("taints", [])}
+    assert (CONTROL_PLANE, "NoSchedule") in taints, f"no control-plane taint: {taints}"
+
+
+def test_control_plane_components_run_here(host):
+    for name in ("kube-apiserver", "kube-scheduler", "kube-controller-manager"):
+        out = host.run(f"crictl ps --name '^{name}$' --state running -q")
+        assert out.rc == 0 and out.stdout.strip(), f"{name} is not running on this node"
+
+
+def test_leaders_hold_live_leases(host, cluster):
+    """The scheduler and controller-manager leaders are control-plane nodes that renewed
+    their lease within its duration: a stale lease names a leader that is gone."""
+    cps = {n["name"] for n in cluster.with_role("control-plane")}
+    now = float(host.check_output("date +%s.%N"))
     for lease in ("kube-scheduler", "kube-controller-manager"):
         out = host.run(f"{KUBECTL} -n kube-system get lease {lease} -o json")
         assert out.rc == 0, out.stderr
-        assert json.loads(out.stdout)["spec"].get("holderIdentity"), f"{lease} has no leader"
+        spec = json.loads(out.stdout)["spec"]
+        holder = spec.get("holderIdentity", "").split("_", 1)[0]
+        assert holder in cps, f"{lease} leader {holder!r} is not a control-plane node"
+        renewed = datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00"))
+        age = now - renewed.timestamp()
+        limit = spec.get("leaseDurationSeconds", 15) + 5
+        assert age <= limit, f"{lease} lease of {holder} last renewed {age:.0f} s ago"
+
+
+HAPROXY_UP_WAIT = 20  # haproxy checks every 2 s and needs 2 successes (roles/api_lb)
+
+
+def haproxy_servers(host) -> dict[str, dict[str, str]]:
+    """haproxy's API backend servers on this node, by name (its stats CSV)."""
+    csv = host.run("curl -sS --max-time 3 "
+                   f"'http://127.0.0.1:{nodefacts.HAPROXY_STATS_PORT}/stats;csv'").stdout
+    return parse_haproxy_stats(csv, nodefacts.HAPROXY_API_BACKEND)
+
+
+def test_haproxy_sees_every_api_server_up(host, cluster):
+    """Each API server passes haproxy's readyz check from this node (a backend that is
+    configured but DOWN gets no traffic: the VIP would serve from fewer nodes)."""
+    wanted = {n["name"] for n in cluster.with_role("control-plane")}
+    deadline = time.monotonic() + HAPROXY_UP_WAIT
+    while True:
+        servers = haproxy_servers(host)
+        down = {name: servers.get(name, {}).get("status", "absent") for name in wanted
+                if servers.get(name, {}).get("status") != "UP"}
+        if not down or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not down, f"haproxy here sees API servers not UP: {down}"
+
+
+def subject_alt_names(host, cert: str) -> set[str]:
+    """``{"DNS:cp-1", "IP:10.0.0.1", ...}`` of a certificate, each name whole."""
+    text = host.run(f"openssl x509 -in {cert} -noout -ext subjectAltName").stdout
+    names = set()
+    for line in text.splitlines()[1:]:
+        for entry in line.split(","):
+            kind, _, value = entry.strip().partition(":")
+            names.add(f"{'IP' if kind == 'IP Address' else kind}:{value}")
+    return names
 
 
 def test_certificate_names(host, cluster):
-    sans = host.run(f"openssl x509 -in {nodefacts.KUBERNETES_PKI_DIR}/apiserver.crt"
-                    " -noout -ext subjectAltName").stdout
     # Its own names: a certificate is made when its node joins, and nodes that join
     # later are not in the older ones (clients reach an API server by VIP or address).
-    want = [cluster["provision_api_vip"], "127.0.0.1", cluster["node"]["name"],
-            cluster["node"]["address"]]
-    missing = [w for w in want if w not in sans]
-    assert not missing, f"apiserver certificate lacks {missing}: {sans}"
+    sans = subject_alt_names(host, f"{nodefacts.KUBERNETES_PKI_DIR}/apiserver.crt")
+    want = {f"IP:{cluster['provision_api_vip']}", "IP:127.0.0.1",
+            f"IP:{cluster['node']['address']}", f"DNS:{cluster['node']['name']}"}
+    assert want <= sans, f"apiserver certificate lacks {sorted(want - sans)}: {sorted(sans)}"
+
+
+def test_certificates_not_expired(host):
+    certs = host.run(f"ls {nodefacts.KUBERNETES_PKI_DIR}/*.crt").stdout.split()
+    assert certs, f"no certificates in {nodefacts.KUBERNETES_PKI_DIR}"
+    expired = [c for c in certs if host.run(f"openssl x509 -in {c} -noout -checkend 0").rc != 0]
+    assert not expired, f"expired: {expired}"
 
 
 def test_external_etcd(host, cluster):

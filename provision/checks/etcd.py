@@ -1,9 +1,10 @@
 """etcd stage: every member healthy over TLS, membership equals the inventory,
-plain-HTTP and foreign-CA clients refused, keys private."""
+plain-HTTP, certificate-less and foreign-CA clients refused, one leader, no alarm,
+certificates in date, keys private."""
 
 import json
-
-import pytest
+import shlex
+import textwrap
 
 from provision import nodefacts
 
@@ -35,32 +36,94 @@ def test_member_list_equals_inventory(host, cluster):
     assert {k: v for k, v in members.items() if k not in leaving or k in want} == want
 
 
+# What a client sees at a member's client port, asked from the node in one python3:
+# "served <status line>" (an HTTP answer), "closed" (accepted, then closed without an
+# answer), "alert <reason>" (TLS refused the request after verifying the server), or
+# "handshake <reason>" / "connect <error>" (it never got that far). A refusal counts
+# only when the server was there and verified: nothing listening is not a refusal.
+PROBE = textwrap.dedent("""
+    import socket, ssl, sys
+    address, port, tls, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:6]
+    try:
+        s = socket.create_connection((address, port), timeout=3)
+    except OSError as e:
+        sys.exit(print("connect", e))
+    if tls == "tls":
+        ctx = ssl.create_default_context(cafile=sys.argv[6])
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        try:
+            s = ctx.wrap_socket(s, server_hostname=address)
+        except (ssl.SSLError, OSError) as e:
+            sys.exit(print("handshake", e))
+    try:
+        s.sendall(b"GET /health HTTP/1.0\\r\\n\\r\\n")
+        answer = s.recv(100)
+    except ssl.SSLError as e:
+        sys.exit(print("alert", e.reason or e))
+    except OSError as e:
+        sys.exit(print("closed", e))
+    print("served " + answer.split(b"\\r\\n")[0].decode() if answer else "closed")
+""")
+
+
+def probe(host, cluster, tls: bool, cert: str = "", key: str = "") -> str:
+    address = cluster["node"]["address"]
+    args = [address, str(nodefacts.ETCD_CLIENT_PORT), "tls" if tls else "plain", cert, key,
+            nodefacts.ETCD_CA_CERT]
+    return host.run(f"python3 -c {shlex.quote(PROBE)} {shlex.join(args)}").stdout.strip()
+
+
+def test_client_with_the_operator_certificate_served(host, cluster):
+    """The control for the refusals below: the same probe with a good client gets an
+    answer, so a refusal there is the member's doing, not the probe's."""
+    answer = probe(host, cluster, tls=True, cert=nodefacts.ETCD_CLIENT_CERT,
+                   key=nodefacts.ETCD_CLIENT_KEY)
+    assert answer == "served HTTP/1.0 200 OK", answer
+
+
 def test_plain_http_client_refused(host, cluster):
-    out = host.run(f"curl -s --max-time 3 "
-                   f"http://{cluster['node']['address']}:{nodefacts.ETCD_CLIENT_PORT}/health")
-    assert '"health":"true"' not in out.stdout and '"health": "true"' not in out.stdout
+    answer = probe(host, cluster, tls=False)
+    assert answer == "closed", f"a plain-HTTP client got: {answer}"
 
 
 def test_client_without_certificate_refused(host, cluster):
-    out = host.run(f"curl -s --max-time 3 --cacert {nodefacts.ETCD_CA_CERT} "
-                   f"{nodefacts.etcd_client_url(cluster['node']['address'])}/health")
-    assert out.rc != 0 or "true" not in out.stdout
+    answer = probe(host, cluster, tls=True)
+    assert answer.startswith("alert"), f"a client without a certificate got: {answer}"
 
 
 def test_client_from_another_ca_refused(host, cluster):
-    tmp = "/tmp/provision-foreign-ca"
-    host.run(f"mkdir -p {tmp} && cd {tmp} && "
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-             "-keyout k.pem -out c.pem -subj /CN=intruder -days 1 2>/dev/null")
+    tmp = host.check_output("mktemp -d /tmp/provision-foreign-ca.XXXXXX")
     try:
-        if not host.file(f"{tmp}/c.pem").exists:
-            pytest.skip("openssl is not installed on the node")
-        out = host.run(f"curl -s --max-time 3 --cacert {nodefacts.ETCD_CA_CERT} --cert {tmp}/c.pem "
-                       f"--key {tmp}/k.pem "
-                       f"{nodefacts.etcd_client_url(cluster['node']['address'])}/health")
-        assert out.rc != 0 or "true" not in out.stdout
+        made = host.run(f"cd {tmp} && openssl req -x509 -newkey ec -pkeyopt "
+                        "ec_paramgen_curve:prime256v1 -nodes -keyout k.pem -out c.pem "
+                        "-subj /CN=intruder -days 1")
+        assert made.rc == 0, f"openssl could not make a certificate: {made.stderr}"
+        answer = probe(host, cluster, tls=True, cert=f"{tmp}/c.pem", key=f"{tmp}/k.pem")
+        assert answer.startswith("alert"), f"a client of another CA got: {answer}"
     finally:
         host.run(f"rm -rf {tmp}")
+
+
+def test_one_leader_and_no_alarm(host, cluster):
+    """Every member names the same leader, which is a member; no alarm is raised
+    (NOSPACE or CORRUPT make etcd refuse writes while it still answers health)."""
+    out = etcdctl(host, "endpoint status -w json", cluster.etcd_members)
+    assert out.rc == 0, out.stderr or out.stdout
+    statuses = json.loads(out.stdout)
+    leaders = {s["Status"]["leader"] for s in statuses}
+    members = {s["Status"]["header"]["member_id"] for s in statuses}
+    assert len(leaders) == 1 and leaders <= members, \
+        f"members disagree on the leader: {sorted(leaders)} (members {sorted(members)})"
+    alarms = etcdctl(host, "alarm list", [cluster["node"]])
+    assert alarms.rc == 0 and not alarms.stdout.strip(), alarms.stdout or alarms.stderr
+
+
+def test_certificates_not_expired(host):
+    certs = host.run(f"ls {nodefacts.ETCD_PKI_DIR}/*.crt").stdout.split()
+    assert certs, f"no certificates in {nodefacts.ETCD_PKI_DIR}"
+    expired = [c for c in certs if host.run(f"openssl x509 -in {c} -noout -checkend 0").rc != 0]
+    assert not expired, f"expired: {expired}"
 
 
 def test_private_keys_are_0600(host):

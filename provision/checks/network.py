@@ -31,24 +31,57 @@ def test_vxlan_device(host):
 ROUTE_WAIT_SECONDS = 60
 
 
-def test_routes_to_every_other_node(host, cluster):
-    others = [n for n in cluster.nodes
-              if {"control-plane", "worker"} & set(n["roles"])
-              and n["name"] != cluster["node"]["name"]]
+def pod_subnets(cp) -> dict[str, str]:
+    """Node name -> its pod subnet (``spec.podCIDR``), as the API server has them (asked
+    on a control-plane node: a kubelet may read only its own Node)."""
+    out = cp.run(f"{ADMIN_KUBECTL} get nodes -o json")
+    assert out.rc == 0, out.stderr
+    return {n["metadata"]["name"]: n["spec"].get("podCIDR", "")
+            for n in json.loads(out.stdout)["items"]}
+
+
+def test_routes_to_every_other_node(host, cluster, other_host):
+    """A route through flannel.1 to each other node's own pod subnet, and to nothing
+    else (a stale route sends a subnet's traffic to a node that no longer has it)."""
+    me = cluster["node"]["name"]
+    others = {n["name"] for n in cluster.nodes
+              if {"control-plane", "worker"} & set(n["roles"]) and n["name"] != me}
     # nodes leaving in this run keep their routes until their Node is deleted
-    leaving = len(cluster.get("provision_leaving_nodes", []))
+    leaving = set(cluster.get("provision_leaving_nodes", []))
     # A node that joined moments ago gets its route once its flannel pod has its
     # lease (the DaemonSet is still rolling out there): wait for it (bounded), as the
     # netcheck sweep waits for its pod, rather than fail and converge again.
+    cp = kubectl_host(host, cluster, other_host)
     deadline = time.monotonic() + ROUTE_WAIT_SECONDS
     while True:
-        routes = [r for r in host.run("ip -4 route show dev flannel.1").stdout.splitlines()
-                  if r]
-        complete = len(others) <= len(routes) <= len(others) + leaving
+        subnets = pod_subnets(cp)
+        want = {subnets.get(n, f"<no podCIDR for {n}>") for n in others}
+        allowed = want | {subnets[n] for n in leaving if subnets.get(n)}
+        routes = {r.split()[0] for r in host.run("ip -4 route show dev flannel.1").stdout
+                  .splitlines() if r.strip()}
+        complete = want <= routes <= allowed
         if complete or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert complete, routes
+    assert complete, (f"flannel.1 routes {sorted(routes)}; missing {sorted(want - routes)}, "
+                      f"not a node's {sorted(routes - allowed)}")
+
+
+def test_kube_proxy_running_here(host):
+    out = host.run("crictl ps --name '^kube-proxy$' --state running -q")
+    assert out.rc == 0 and out.stdout.strip(), "kube-proxy is not running on this node"
+
+
+def test_coredns_available(host, cluster, other_host):
+    """Every CoreDNS replica available (the DNS checks below pass with one of two)."""
+    cp = kubectl_host(host, cluster, other_host)
+    out = cp.run(f"{ADMIN_KUBECTL} -n kube-system get deployment coredns -o json")
+    assert out.rc == 0, out.stderr
+    deployment = json.loads(out.stdout)
+    wanted = deployment["spec"].get("replicas", 1)
+    available = deployment["status"].get("availableReplicas", 0)
+    assert wanted >= 1 and available == wanted, \
+        f"CoreDNS: {available} of {wanted} replicas available"
 
 
 def test_node_ready(host, cluster):

@@ -1,5 +1,7 @@
 """os stage: hostname, kernel modules, sysctls, swap off, time sync."""
 
+import time
+
 import pytest
 
 SYSCTLS = {
@@ -11,7 +13,8 @@ SYSCTLS = {
 
 
 def test_hostname(host, cluster):
-    assert host.run("hostname").stdout.strip() == cluster["node"]["name"]
+    name = host.run("hostname").stdout.strip()
+    assert name == cluster["node"]["name"], f"the hostname is {name!r}"
 
 
 MODULE_PROBES = {
@@ -35,9 +38,23 @@ def test_swap_off(host):
     assert host.run("swapon --show --noheadings").stdout.strip() == ""
 
 
+CLOCK_TOLERANCE = 5.0  # seconds (leases allow 15 s; TCG guests drift a little)
+
+
+def test_clock_agrees_with_the_provisioner(host):
+    """Certificates, bootstrap tokens and leases are judged by the clock: a node off by
+    more than seconds sees valid ones as expired or stale leases as live."""
+    before = time.time()
+    remote = float(host.check_output("date +%s.%N"))
+    after = time.time()
+    # the node read its clock between our two readings, give or take the tolerance
+    assert before - CLOCK_TOLERANCE <= remote <= after + CLOCK_TOLERANCE, \
+        f"the node's clock is {remote - after:+.1f} s off the provisioner's"
+
+
 def test_time_synchronised(host, in_container):
     if in_container:
-        pytest.skip("a lab machine shares the host's clock")
+        pytest.skip("a lab machine shares the host's clock (the offset is checked above)")
     out = host.run("timedatectl show -p NTPSynchronized --value").stdout.strip()
     assert out == "yes" or host.run("chronyc -n tracking").rc == 0
 

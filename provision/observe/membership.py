@@ -260,6 +260,18 @@ def parse_haproxy_servers(text: str) -> list[HaproxyServer]:
     return servers
 
 
+def parse_haproxy_stats(csv: str, backend: str) -> dict[str, dict[str, str]]:
+    """The servers of ``backend`` in haproxy's stats CSV (``/stats;csv``), by server
+    name: every column as the header names it (``status``: UP, DOWN, ...; ``addr``)."""
+    lines = csv.splitlines()
+    if not lines or not lines[0].startswith("#"):
+        return {}
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {r["svname"]: r for r in rows if r.get("pxname") == backend
+            and r.get("svname") not in ("FRONTEND", "BACKEND")}
+
+
 def api_servers(servers: Sequence[HaproxyServer]) -> list[HaproxyServer]:
     """The API backend's servers: the backend named as the roles name it when there is
     one, else every server that is not on loopback (a stats or local service)."""

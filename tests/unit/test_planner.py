@@ -25,6 +25,7 @@ from provision.observe.membership import (
     parse_etcd_endpoint_health,
     parse_etcd_member_list,
     parse_haproxy_servers,
+    parse_haproxy_stats,
     parse_kubectl_nodes,
 )
 from provision.plan.membership import (
@@ -295,6 +296,27 @@ def test_parse_haproxy_servers():
     assert backend_nodes(api, {"cp-1", "cp-2", "cp-3"},
                          {"10.250.0.11": "cp-1", "10.250.0.12": "cp-2",
                           "10.250.0.13": "cp-3"}) == {"cp-1", "cp-2", "cp-3"}
+
+
+# haproxy 2.6's stats CSV, trimmed to the columns the checks read (the header names
+# them; their position differs between haproxy versions)
+HAPROXY_STATS = """# pxname,svname,status,weight,check_status,addr,
+stats,FRONTEND,OPEN,,,,
+kube-apiserver,FRONTEND,OPEN,,,,
+kube-apiserver,cp-1,UP,1,L7OK,10.250.0.11:6443,
+kube-apiserver,cp-2,DOWN,1,L4CON,10.250.0.12:6443,
+kube-apiserver,BACKEND,UP,2,,,
+"""
+
+
+def test_parse_haproxy_stats():
+    servers = parse_haproxy_stats(HAPROXY_STATS, "kube-apiserver")
+    assert {n: (r["status"], r["addr"]) for n, r in servers.items()} == {
+        "cp-1": ("UP", "10.250.0.11:6443"), "cp-2": ("DOWN", "10.250.0.12:6443")}
+    assert parse_haproxy_stats(HAPROXY_STATS, "other") == {}
+    # not haproxy's CSV (an error page, nothing listening): no servers, not an error
+    assert parse_haproxy_stats("<html>503</html>", "kube-apiserver") == {}
+    assert parse_haproxy_stats("", "kube-apiserver") == {}
 
 
 def test_etcdctl_script_uses_agreed_cert_paths():
