@@ -196,7 +196,10 @@ def write_playbook(paths: ClusterPaths, name: str, plays: list[dict[str, object]
     """A playbook that is not a stage (reset, say), beside the stage playbooks."""
     out = ansible_dir(paths) / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(plays, sort_keys=False))
+    # A play's own tasks may template; its vars (a snapshot path, member ids, hashes)
+    # are data like the inventory's.
+    plays = [{**p, "vars": _unsafe(p["vars"])} if "vars" in p else p for p in plays]
+    out.write_text(yaml.dump(plays, Dumper=_InventoryDumper, sort_keys=False))
     return out
 
 

@@ -154,10 +154,11 @@ AFTER_REPLACE = _without(BASE.replace("count: 2", "count: 1"), "cp-3").replace(
 
 
 def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
-                  delay: float = 0.0, on_host: str = "", timeout: float = 1500) -> None:
+                  delay: float = 0.0, on_host: str = "", timeout: float = 1500) -> str:
     """Start `provision up` and SIGKILL it (its whole process group: ansible, ssh)
     ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``), or, with
-    ``on_host``, once that script has run to its end on ``host``."""
+    ``on_host``, once that script has run to its end on ``host`` (returns its output)."""
+    said = ""
     runs = lab.state / "clusters" / NAME / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
     output = lab.base / f"killed-up-{stage}.log"
@@ -180,7 +181,7 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
                     for e in map(json.loads, events.read_text().splitlines())):
                 if on_host:
                     assert host, "on_host needs host"
-                    lab.on(host, on_host)
+                    said = lab.on(host, on_host)
                 time.sleep(delay)
                 break
             time.sleep(0.5)
@@ -191,6 +192,7 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     print(f"killed up in {stage}/{task!r} ({host or 'any node'})")
+    return said
 
 
 # kubeadm's kubelet-start phase stops the kubelet, writes its configuration and starts
@@ -202,7 +204,7 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
 END_KUBEADM_ONCE_THE_KUBELET_RUNS = (
     "for i in $(seq 3000); do [ -f /var/lib/kubelet/config.yaml ] && "
     "systemctl is-active -q kubelet && break; sleep 0.1; done; "
-    "pkill -9 -x kubeadm; true")
+    "pkill -9 -x kubeadm && echo 'kubeadm killed' || echo 'kubeadm had ended'")
 
 
 def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
@@ -222,10 +224,12 @@ def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
 
 def test_a_killed_up_resumes_at_three_points(lab):
     _kill_up_when(lab, "etcd", "etcd started")
-    _kill_up_when(lab, "control-plane", "kubeadm join --control-plane", host="cp-2",
-                  on_host=END_KUBEADM_ONCE_THE_KUBELET_RUNS)
+    said = _kill_up_when(lab, "control-plane", "kubeadm join --control-plane", host="cp-2",
+                         on_host=END_KUBEADM_ONCE_THE_KUBELET_RUNS)
+    assert said.strip() == "kubeadm killed", f"the join was not stopped half-way: {said}"
+    # the half-joined state the next up must recognise: a Node, not (yet) control plane
     labels = _registered_labels(lab, "cp-2")
-    print(f"cp-2 registered; control-plane label: {'control-plane' in labels}")
+    assert "node-role.kubernetes.io/control-plane" not in labels, labels
     _kill_up_when(lab, "workers", "kubeadm join", delay=3)
     summary = lab.up()
     print(f"resumed up: {summary.duration:.0f}s")
@@ -348,6 +352,70 @@ def test_second_up_changes_nothing(lab):
         s: "skipped" for s in ("machines", "os", "hosts", "runtime", "etcd", "api-lb",
                                "control-plane", "workers", "network")}
     assert all(not s["converged"] for s in summary.stages)
+
+
+ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+
+# One real fault per stage, each on a live node, and the check that must name it:
+# (stage, node the check fails on, check, node to break, how). Faults sit on different
+# nodes or stages so that none hides another (a stopped machine fails every check on it).
+FAULTS = [
+    ("machines", "worker-2", "test_ssh_and_root", "worker-2", "machine stopped"),
+    ("os", "worker-1", "test_hostname", "worker-1", "hostname not-worker-1"),
+    ("hosts", "worker-1", "test_hosts_file_names_every_node", "worker-1",
+     "sed -i '/ cp-3$/d' /etc/hosts"),
+    ("runtime", "worker-1", "test_registry_mirrors", "worker-1",
+     "rm /etc/containerd/certs.d/docker.io/hosts.toml"),
+    ("etcd", "cp-3", "test_etcd_active", "cp-3", "systemctl stop etcd"),
+    ("api-lb", "cp-2", "test_haproxy_has_every_api_server", "cp-2",
+     r"sed -i 's/^\(\s*server cp-1 [0-9.]*\):6443/\1:6444/' /etc/haproxy/haproxy.cfg"
+     " && systemctl reload haproxy"),
+    ("control-plane", "cp-2", "test_labelled_and_tainted_as_control_plane", "cp-1",
+     f"{ADMIN_KUBECTL} taint node cp-2 node-role.kubernetes.io/control-plane:NoSchedule-"),
+    ("workers", "worker-1", "test_kubelet_active", "worker-1", "systemctl stop kubelet"),
+    ("network", "cp-1", "test_coredns_available", "cp-1",
+     f"{ADMIN_KUBECTL} -n kube-system scale deployment coredns --replicas=0"),
+]
+
+
+def failed_checks(summary: commands.RunSummary) -> set[tuple[str, str, str]]:
+    """(stage, node, check) of every failed check of a `verify` run, from its JUnit."""
+    from provision.run.verify import parse_junit
+
+    failed = set()
+    for junit in sorted((Path(summary.record_dir) / "junit").glob("*-verify.xml")):
+        stage = junit.name.removesuffix("-verify.xml")
+        for check in parse_junit(junit, list(FIRST_NODES)).checks:
+            if check.outcome == "failed":
+                failed.add((stage, check.node, check.name))
+    return failed
+
+
+def test_each_stage_check_catches_a_real_fault_and_up_repairs_it(lab):
+    """Break one real thing per stage on the live cluster: `verify` fails naming each
+    stage, node and check; `up` repairs every one; `verify` is green again."""
+    c = ClusterContext.open(lab.inventory)
+    for _, _, _, node, how in FAULTS:
+        if how == "machine stopped":
+            c.providers.get("local").stop(c.inventory, c.inventory.node(node))
+        else:
+            lab.on(node, how)
+
+    broken = commands.verify(lab.inventory)
+    assert broken.status == "failed"
+    failed = failed_checks(broken)
+    missed = {(stage, node, check) for stage, node, check, _, _ in FAULTS} - failed
+    print(f"{len(failed)} failed checks, by stage: "
+          f"{sorted({(s, n) for s, n, _ in failed})}")
+    assert not missed, f"faults no check caught: {sorted(missed)}; report {broken.report_html}"
+
+    repaired = lab.up()
+    converged = {s["name"]: set(s["converged"]) for s in repaired.stages}
+    not_repaired = {(stage, node) for stage, node, *_ in FAULTS
+                    if node not in converged.get(stage, set())}
+    assert not not_repaired, f"up skipped faulty nodes: {sorted(not_repaired)}"
+    after = commands.verify(lab.inventory)
+    assert after.status == "ok", f"{sorted(failed_checks(after))}; report {after.report_html}"
 
 
 def vip_holder(c: ClusterContext) -> str:

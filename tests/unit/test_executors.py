@@ -9,6 +9,18 @@ from provision.paths import ClusterPaths
 from provision.run.verify import parse_junit
 
 
+class AnsibleYamlLoader(yaml.SafeLoader):
+    """Reads Ansible's !unsafe tag (variables that are data) as the string it marks."""
+
+
+AnsibleYamlLoader.add_constructor(
+    "!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
+def load_ansible_yaml(text: str) -> object:
+    return yaml.load(text, Loader=AnsibleYamlLoader)  # noqa: S506 - a SafeLoader
+
+
 def test_keypair_is_private_and_stable(tmp_path):
     paths = ClusterPaths(tmp_path / "c")
     key = ssh.ensure_cluster_keypair(paths)
@@ -45,7 +57,7 @@ def test_stage_playbook_writes_marker_only_after_roles(tmp_path):
     paths = ClusterPaths(tmp_path / "c")
     pb = ansible.write_stage_playbook(paths, "os", ["os_baseline"], ["a", "b"], 1,
                                       {"a": "h1", "b": "h2"}, marker_dir="/m")
-    play = yaml.safe_load(pb.read_text())[0]
+    play = load_ansible_yaml(pb.read_text())[0]
     assert play["hosts"] == "a,b"
     assert play["serial"] == 1
     assert play["roles"] == ["os_baseline"]
@@ -59,7 +71,7 @@ def test_a_prepared_serial_stage_prepares_every_host_at_once_first(tmp_path):
     pb = ansible.write_stage_playbook(paths, "cp", ["control_plane"], ["a", "b"], 1,
                                       {"a": "h1", "b": "h2"}, marker_dir="/m",
                                       prepare=["kubelet", "control_plane:prepare"])
-    prepare, stage = yaml.safe_load(pb.read_text())
+    prepare, stage = load_ansible_yaml(pb.read_text())
     assert prepare["hosts"] == "a,b" and "serial" not in prepare
     assert [t["ansible.builtin.import_role"] for t in prepare["tasks"]] == [
         {"name": "kubelet"}, {"name": "control_plane", "tasks_from": "prepare"}]
@@ -71,9 +83,12 @@ def test_inventory_groups(tmp_path):
     paths = ClusterPaths(tmp_path / "c")
     inv = ansible.write_inventory(paths, {"a": {"node_address": "10.0.0.1"}},
                                   {"workers": ["a"]}, {"provision_cluster_name": "x"})
-    data = yaml.safe_load(inv.read_text())
+    text = inv.read_text()
+    assert "provision_cluster_name: !unsafe 'x'" in text  # data, never a template
+    data = load_ansible_yaml(text)
     assert data["all"]["children"]["workers"]["hosts"] == {"a": {}}
     assert data["all"]["vars"]["provision_cluster_name"] == "x"
+    assert data["all"]["hosts"]["a"]["node_address"] == "10.0.0.1"
 
 
 def test_parse_junit_maps_checks_to_nodes(tmp_path):
@@ -124,3 +139,16 @@ def test_provisions_environment_never_reaches_ansible_or_its_run_record(tmp_path
     # ...while what ansible needs still reaches it
     command = next(p for p in records if p.name == "command")
     assert "ANSIBLE_CONFIG" in json.loads(command.read_text())["env"]
+
+
+def test_play_vars_are_data_but_tasks_may_template(tmp_path):
+    """A restore's snapshot path named '{{ lookup(...) }}' reaches Ansible as a string."""
+    paths = ClusterPaths(tmp_path / "c")
+    path = "/backups/{{ lookup('pipe', 'id') }}.db"
+    pb = ansible.write_playbook(paths, "restore", [
+        {"hosts": "etcd", "vars": {"etcd_restore_snapshot": path},
+         "tasks": [{"ansible.builtin.debug": {"msg": "{{ etcd_restore_snapshot }}"}}]}])
+    text = pb.read_text()
+    assert "etcd_restore_snapshot: !unsafe" in text
+    assert "msg: '{{ etcd_restore_snapshot }}'" in text  # the task's template stays one
+    assert load_ansible_yaml(text)[0]["vars"]["etcd_restore_snapshot"] == path
