@@ -125,13 +125,19 @@ def private_dir(path: Path) -> Path:
 
 
 def write_secret(path: Path, data: bytes | str) -> None:
-    """Write a file that holds a secret: 0600 before any byte lands, and never through a
-    symlink. The bytes go to a fresh name that nobody else can have made (mkstemp:
-    O_CREAT|O_EXCL, which a planted symlink fails), then replace ``path``: rename
-    replaces a symlink at ``path`` itself instead of writing where it points. The secret
-    is registered for redaction first, so nothing written later repeats it."""
+    """Write a file that holds a secret (``write_private``). The secret is registered
+    for redaction first, so nothing written later repeats it."""
     raw = data.encode() if isinstance(data, str) else data
     secrets.register(raw)
+    write_private(path, raw)
+
+
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write a file only its owner reads: 0600 before any byte lands, and never through
+    a symlink. The bytes go to a fresh name that nobody else can have made (mkstemp:
+    O_CREAT|O_EXCL, which a planted symlink fails), then replace ``path``: rename
+    replaces a symlink at ``path`` itself instead of writing where it points."""
+    raw = data.encode() if isinstance(data, str) else data
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

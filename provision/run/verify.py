@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.errors import BadInput
-from provision.paths import ClusterPaths
+from provision.paths import ClusterPaths, write_private
+from provision.report.redact import Redactor
 
 CHECKS_DIR = Path(__file__).resolve().parents[1] / "checks"  # provision/checks
 
@@ -89,7 +90,12 @@ def run_checks(paths: ClusterPaths, module: str, nodes: list[str], context: dict
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return VerifyResult(error=f"checks {module} timed out after {timeout:.0f}s")
-    junit.with_suffix(".out").write_text(proc.stdout + proc.stderr)
+    # pytest wrote the JUnit itself: mask it before anything reads it (a failed check's
+    # message can quote a file or command output), and the output we keep likewise
+    redact = Redactor()
+    write_private(junit.with_suffix(".out"), redact(proc.stdout + proc.stderr))
+    if junit.exists():
+        write_private(junit, redact(junit.read_text()))
     result = parse_junit(junit, nodes) if junit.exists() else VerifyResult()
     result.junit = junit
     if proc.returncode not in (0, 1) or not result.checks:
