@@ -292,13 +292,15 @@ def netcheck(host, cluster, other_host) -> Netcheck:
         # A pod bound to a Node that no longer exists is a stale object, not a network
         # fact: after a restore from a snapshot taken while podgc had not yet deleted a
         # removed node's pods, etcd still says they run. podgc deletes them later.
-        nodes = cp.run(f"{ADMIN_KUBECTL} get nodes -o jsonpath='{{.items[*].metadata.name}}'")
+        nodes = cp.run(f"{ADMIN_KUBECTL} get nodes -o json")
         if nodes.rc != 0:
             run.error = f"kubectl get nodes: {nodes.stderr.strip()}"
             return run
-        registered = set(nodes.stdout.split())
+        registered = node_readiness(json.loads(nodes.stdout))
         pods = [p for p in running_pods(json.loads(out.stdout)) if p.node in registered]
-        if kube_node_names(cluster) <= {p.node for p in pods} or time.monotonic() > deadline:
+        # a NotReady node gets no Ready pod however long we wait (test_node_ready names it)
+        awaited = kube_node_names(cluster) & {n for n, ready in registered.items() if ready}
+        if awaited <= {p.node for p in pods} or time.monotonic() > deadline:
             break
         time.sleep(3)
     run.pods = {p.node: p for p in pods}
@@ -322,6 +324,13 @@ def netcheck(host, cluster, other_host) -> Netcheck:
         run.failures[node] = judge(pod, probes, a["rc"], a["stdout"], a["stderr"])
     run.seconds = round(time.monotonic() - started, 1)
     return run
+
+
+def node_readiness(node_list: dict[str, Any]) -> dict[str, bool]:
+    """Node name -> Ready, from a ``kubectl get nodes -o json`` answer."""
+    return {n["metadata"]["name"]: any(c.get("type") == "Ready" and c.get("status") == "True"
+                                       for c in n.get("status", {}).get("conditions", []))
+            for n in node_list.get("items", [])}
 
 
 def kube_node_names(cluster) -> set[str]:

@@ -8,30 +8,35 @@ order and each starts from the state the previous one left:
 1. the build from nothing, killed (SIGKILL) inside etcd, during a control-plane join
    (kubeadm ended too, leaving a Node without its label) and during a worker join, each
    time resumed, ending verified: 5 Ready nodes;
-2. the admin kubeconfig; a second `up` that skips every stage; VIP failover;
-3. workers 2 -> 3 -> 1 by the pool count; cp-3 replaced by cp-4 in one edit while the
-   API keeps answering; unsafe edits refused; backup, restore; destroy --keep-machines.
+2. the admin kubeconfig; no secret in the state directory; a second `up` that skips
+   every stage; one real fault per stage, each named by `verify` and repaired by `up`;
+3. the VIP holder crashed, its API server killed, its link cut: a writer through the VIP
+   (tests/lab/apiwriter.py) measures the longest gap from the fault and reads back every
+   acknowledged write;
+4. workers 2 -> 3 -> 1 by the pool count; cp-3 replaced by cp-4 in one edit under the
+   writer; unsafe edits refused; backup, restore; destroy --keep-machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from apiwriter import ApiWriter
 
 from provision import commands
 from provision.errors import BadInput
 from provision.executors import ssh
+from provision.lab import nspawn
 from provision.lab.cleanup import leftovers, sweep
+from provision.names import node_object
 from provision.plan import membership as planner
 from provision.providers.base import say_nothing
 from provision.run.context import ClusterContext
@@ -358,9 +363,9 @@ ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
 
 # One real fault per stage, each on a live node, and the check that must name it:
 # (stage, node the check fails on, check, node to break, how). Faults sit on different
-# nodes or stages so that none hides another (a stopped machine fails every check on it).
+# nodes or stages so that none hides another. The machines stage's fault, a machine
+# gone, is the VIP holder's crash below (a stopped machine fails every check on it).
 FAULTS = [
-    ("machines", "worker-2", "test_ssh_and_root", "worker-2", "machine stopped"),
     ("os", "worker-1", "test_hostname", "worker-1", "hostname not-worker-1"),
     ("hosts", "worker-1", "test_hosts_file_names_every_node", "worker-1",
      "sed -i '/ cp-3$/d' /etc/hosts"),
@@ -394,12 +399,8 @@ def failed_checks(summary: commands.RunSummary) -> set[tuple[str, str, str]]:
 def test_each_stage_check_catches_a_real_fault_and_up_repairs_it(lab):
     """Break one real thing per stage on the live cluster: `verify` fails naming each
     stage, node and check; `up` repairs every one; `verify` is green again."""
-    c = ClusterContext.open(lab.inventory)
     for _, _, _, node, how in FAULTS:
-        if how == "machine stopped":
-            c.providers.get("local").stop(c.inventory, c.inventory.node(node))
-        else:
-            lab.on(node, how)
+        lab.on(node, how)
 
     broken = commands.verify(lab.inventory)
     assert broken.status == "failed"
@@ -418,10 +419,12 @@ def test_each_stage_check_catches_a_real_fault_and_up_repairs_it(lab):
     assert after.status == "ok", f"{sorted(failed_checks(after))}; report {after.report_html}"
 
 
-def vip_holder(c: ClusterContext) -> str:
+def vip_holder(c: ClusterContext, skip: str = "") -> str:
+    """The one control-plane node holding the VIP (``skip``: a node cut off or down)."""
     vip = str(c.inventory.control_plane.virtual_ip)
-    holders = [n.name for n in c.inventory.control_plane_nodes
-               if f"inet {vip}/" in ssh.run_on_node(c.paths, n.name, "ip -4 -o addr").stdout]
+    holders = [n.name for n in c.inventory.control_plane_nodes if n.name != skip
+               and f"inet {vip}/" in ssh.run_on_node(c.paths, n.name, "ip -4 -o addr",
+                                                      timeout=20).stdout]
     assert len(holders) == 1, f"exactly one node must hold the VIP, found {holders}"
     return holders[0]
 
@@ -435,54 +438,122 @@ def etcd_health(c: ClusterContext, from_node: str) -> dict[str, bool]:
     return parse_etcd_endpoint_health(proc.stdout)
 
 
-def test_vip_moves_when_its_holder_stops(lab, kubectl):
+def writes_through_a_fault(lab: Lab, inject, after: float = 3.0) -> tuple[ApiWriter, float]:
+    """Numbered writes through the VIP (tests/lab/apiwriter.py) from before ``inject()``
+    until ``after`` seconds of writes were acknowledged after it (or 90 s passed); returns
+    the writer, stopped, and the moment of the fault (time.monotonic())."""
+    writer = ApiWriter(ClusterContext.open(lab.inventory).paths.kubeconfig)
+    writer.start()
+    try:
+        time.sleep(2)
+        assert writer.acked(), f"no write acknowledged before the fault: {writer.writes[-1:]}"
+        fault = time.monotonic()
+        inject()
+        deadline = fault + 90
+        while time.monotonic() < deadline:
+            resumed = [w.acked for w in writer.acked() if w.acked > fault]
+            if resumed and resumed[-1] - resumed[0] >= after:
+                break
+            time.sleep(0.5)
+    finally:
+        writer.stop()
+    return writer, fault
+
+
+def assert_no_write_lost(writer: ApiWriter, fault: float, what: str) -> None:
+    print(f"{what}: {writer.summary(fault)}")
+    assert any(w.acked > fault for w in writer.acked()), \
+        f"{what}: no write acknowledged after the fault: {writer.writes[-1].error}"
+    lost = writer.lost()
+    writer.close()
+    assert not lost, f"{what}: acknowledged writes lost: {lost}"
+
+
+def wait_for_vip_elsewhere(c: ClusterContext, holder: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(AssertionError):
+            now = vip_holder(c, skip=holder)
+            if now != holder:
+                return now
+        assert time.monotonic() < deadline, f"the VIP did not leave {holder}"
+        time.sleep(1)
+
+
+def test_vip_moves_when_its_holder_crashes(lab):
+    """Hard crash of the VIP holder (its init SIGKILLed: no shutdown, no VRRP goodbye):
+    the API keeps taking writes through the VIP and no acknowledged write is lost."""
     c = ClusterContext.open(lab.inventory)
     local = c.providers.get("local")
     holder = vip_holder(c)
     survivor = next(n.name for n in c.inventory.control_plane_nodes if n.name != holder)
 
-    local.stop(c.inventory, c.inventory.node(holder))
-    stopped = time.monotonic()
-    answered_after = None
-    while time.monotonic() - stopped < 60:
-        if kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
-            answered_after = time.monotonic() - stopped
-            break
-        time.sleep(0.5)
+    def crash() -> None:
+        nspawn_pid = local.layout(c.inventory, holder).pid()
+        os.kill(nspawn.leader(nspawn_pid), signal.SIGKILL)
+
     try:
-        print(f"API back through the VIP {answered_after}s after {holder} stopped")
-        assert answered_after is not None, "the API never answered through the VIP"
-        assert answered_after <= 10, f"API back through the VIP after {answered_after:.1f}s"
+        writer, fault = writes_through_a_fault(lab, crash)
+        assert_no_write_lost(writer, fault, f"crash of {holder}")
+        assert wait_for_vip_elsewhere(c, holder) != holder
         health = etcd_health(c, survivor)
         assert sorted(health.values()) == [False, True, True], health
-        # A write needs an etcd leader: when the stopped node led etcd, the survivors
-        # elect one first, so retry the write for the rest of the 10 s window.
-        name = f"failover-{int(time.time())}"
-        errors = []
-        while True:
-            created = kubectl("create", "configmap", name, "--from-literal=k=v", check=False)
-            if created.returncode == 0 or time.monotonic() - stopped > 10:
-                break
-            errors.append(created.stderr.strip())
-            time.sleep(0.5)
-        print(f"ConfigMap created {time.monotonic() - stopped:.1f}s after the stop; "
-              f"earlier attempts: {errors}")
-        assert created.returncode == 0, f"no ConfigMap within 10 s: {created.stderr} {errors}"
-        assert kubectl("get", "configmap", name, "-o", "name").stdout.strip() == \
-            f"configmap/{name}"
-        assert vip_holder(c) != holder
+        # the machines stage's fault: its check names the machine that is gone
+        machines = commands.verify(lab.inventory, only="machines")
+        assert ("machines", holder, "test_ssh_and_root") in failed_checks(machines)
     finally:
+        local.stop(c.inventory, c.inventory.node(holder))  # what the crash left mounted
         local.ensure(c.inventory, [c.inventory.node(holder)], say_nothing)
+    wait_until_verified(lab)
+    assert sorted(etcd_health(c, holder).values()) == [True, True, True]
 
-    # the stopped machine comes back and every check returns to green
-    deadline = time.monotonic() + 300
+
+def test_vip_moves_when_the_api_server_dies_on_its_holder(lab):
+    """The API server alone dies on the VIP holder (its static pod gone, the process
+    killed): keepalived's check script gives up the VIP; writes go on, none lost."""
+    c = ClusterContext.open(lab.inventory)
+    holder = vip_holder(c)
+    manifest = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+    away = "/etc/kubernetes/kube-apiserver.yaml.away"
+
+    def kill_api_server() -> None:
+        lab.on(holder, f"mv {manifest} {away} && pkill -9 -x kube-apiserver")
+
+    try:
+        writer, fault = writes_through_a_fault(lab, kill_api_server)
+        assert_no_write_lost(writer, fault, f"API server death on {holder}")
+        moved_to = wait_for_vip_elsewhere(c, holder)
+        print(f"VIP moved from {holder} to {moved_to} (keepalived's check script)")
+    finally:
+        lab.on(holder, f"[ -f {manifest} ] || mv {away} {manifest}")
+    wait_until_verified(lab)
+
+
+def test_vip_moves_when_its_holder_is_cut_off(lab):
+    """A network partition of the VIP holder (its link down): the others take the VIP;
+    writes go on, none lost; once the link is back the cluster heals."""
+    c = ClusterContext.open(lab.inventory)
+    holder = vip_holder(c)
+    link = ["ip", "netns", "exec", node_object(c.inventory.name, holder), "ip", "link", "set",
+            "eth0"]
+    try:
+        writer, fault = writes_through_a_fault(
+            lab, lambda: subprocess.run([*link, "down"], check=True))
+        assert_no_write_lost(writer, fault, f"partition of {holder}")
+    finally:
+        subprocess.run([*link, "up"], check=True)
+    wait_until_verified(lab)
+
+
+def wait_until_verified(lab: Lab, timeout: float = 300) -> None:
+    """A machine that comes back, or a link, takes a while to be whole again."""
+    deadline = time.monotonic() + timeout
     while True:
         summary = commands.verify(lab.inventory)
         if summary.status == "ok" or time.monotonic() > deadline:
             break
         time.sleep(10)
     assert summary.status == "ok", f"{summary.error}; report {summary.report_html}"
-    assert sorted(etcd_health(c, holder).values()) == [True, True, True]
 
 
 def test_workers_scale_out_by_pool_count(lab):
@@ -506,35 +577,6 @@ def test_workers_scale_in_by_pool_count(lab):
     assert lab.machines() == {"cp-1", "cp-2", "cp-3", "worker-1"}
 
 
-class _ApiSampler(threading.Thread):
-    """GET /readyz through the loopback forward to the VIP, once a second."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.failures: list[str] = []
-        self.samples = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{FORWARD_PORT}/readyz",
-                                            timeout=2, context=context) as r:
-                    ok = r.status == 200
-            except Exception as exc:  # noqa: BLE001 - every failure counts
-                ok, why = False, str(exc)
-            else:
-                why = "not ready"
-            self.samples += 1
-            if not ok:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {why}")
-            self.stop.wait(max(0.0, 1 - (time.monotonic() - started)))
-
-
 def test_replace_a_control_plane_node_in_one_edit(lab):
     lab.write(AFTER_REPLACE)
     plan = lab.plan()
@@ -544,17 +586,22 @@ def test_replace_a_control_plane_node_in_one_edit(lab):
                             (planner.UPDATE_LOAD_BALANCER, "cp-1"),
                             (planner.UPDATE_LOAD_BALANCER, "cp-2"),
                             (planner.REMOVE_CONTROL_PLANE, "cp-3")]
-    sampler = _ApiSampler()
-    sampler.start()
+    writer = ApiWriter(ClusterContext.open(lab.inventory).paths.kubeconfig)
+    writer.start()
+    started = time.monotonic()
     try:
         summary = lab.up()
     finally:
-        sampler.stop.set()
-        sampler.join()
-    print(f"replace cp-3 by cp-4: {summary.duration:.0f}s; API through the VIP failed "
-          f"{len(sampler.failures)} of {sampler.samples} samples: {sampler.failures}")
-    assert sampler.samples > 30
-    assert len(sampler.failures) <= 10, sampler.failures
+        writer.stop()
+    gap = writer.longest_gap(started, until=time.monotonic())
+    print(f"replace cp-3 by cp-4: {summary.duration:.0f}s; writes through the VIP: "
+          f"{writer.summary(started)}")
+    lost = writer.lost()
+    writer.close()
+    assert not lost, f"acknowledged writes lost during the replace: {lost}"
+    # The HA property under test, far above the figure measured here (a few seconds
+    # while haproxy stops sending to cp-3), so a slow box does not make it fail.
+    assert gap < 30, f"no write acknowledged for {gap:.1f} s during the replace"
     assert lab.etcd_members() == {"cp-1": True, "cp-2": True, "cp-4": True}
     assert lab.nodes() == {n: True for n in ("cp-1", "cp-2", "cp-4", "worker-1")}
     assert "cp-3" not in lab.machines()

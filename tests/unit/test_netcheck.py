@@ -122,6 +122,18 @@ def pod_json(name, node, ip, phase="Running", ready="True"):
                        "conditions": [{"type": "Ready", "status": ready}]}}
 
 
+def test_node_readiness():
+    listing = {"items": [
+        {"metadata": {"name": "cp-1"}, "status": {"conditions": [
+            {"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}]}},
+        {"metadata": {"name": "worker-1"}, "status": {"conditions": [
+            {"type": "Ready", "status": "Unknown"}]}},
+        {"metadata": {"name": "worker-2"}, "status": {}},
+    ]}
+    assert network.node_readiness(listing) == {"cp-1": True, "worker-1": False,
+                                               "worker-2": False}
+
+
 def test_running_pods_only_ready_ones():
     listing = {"items": [pod_json("netcheck-c", "worker-2", "10.244.4.2"),
                          pod_json("netcheck-a", "cp-1", "10.244.0.2"),
