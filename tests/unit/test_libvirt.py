@@ -13,11 +13,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import libvirt  # libvirt-python: make up installs it, so its absence is a failure
 import pytest
 
-libvirt = pytest.importorskip("libvirt")
-
-from provision.errors import ProviderError  # noqa: E402
+from provision.errors import ProviderError
 from provision.inventory import Inventory, parse_inventory  # noqa: E402
 from provision.lab import vmimage  # noqa: E402
 from provision.paths import ClusterPaths  # noqa: E402
