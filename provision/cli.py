@@ -220,6 +220,10 @@ def status(inventory: Inventory, output: OutputOpt = Output.text) -> None:
     for n in status.nodes:
         table.add_row(n.name, ",".join(n.roles), n.provider, n.address, n.machine)
     out.print(table)
+    if status.running:
+        r = status.running
+        out.print(f"being changed now: provision {r.command}, pid {r.pid} on {r.host}, "
+                  f"started {r.started}", markup=False)
     last = status.last_run
     if last:
         out.print(f"last run: {last.command} {last.status} ({last.run}); report: {last.report}")

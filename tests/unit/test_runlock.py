@@ -302,4 +302,8 @@ def test_the_cli_refuses_a_change_and_shows_the_holder_in_status(tmp_path, procs
     assert status.returncode == 0, status.stderr
     running = json.loads(status.stdout)["running"]
     assert running["pid"] == holder.pid and running["command"] == "up"
+    text = subprocess.run([*cli, "status", "-i", str(inventory)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert f"being changed now: provision up, pid {holder.pid}" in text.stdout
     assert sorted(p.name for p in paths.root.iterdir()) == [lock.LOCK_NAME]
