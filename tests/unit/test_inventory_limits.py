@@ -188,8 +188,6 @@ def test_inventory_values_are_written_unsafe(tmp_path: Path) -> None:
     assert "- !unsafe 'etcd'" in text
 
 
-@pytest.mark.skipif(not (Path(sys.executable).parent / "ansible-playbook").exists(),
-                    reason="ansible-playbook is not installed beside this interpreter")
 def test_ansible_prints_an_inventory_value_literally(tmp_path: Path) -> None:
     """On localhost only (connection local): the value is data, not a template."""
     inventory = _inventory_with(tmp_path, f"/state/{JINJA}")

@@ -196,10 +196,8 @@ def test_remove_member_checks_health_then_removes_only_a_present_member():
     assert remove["changed_when"] is True and "failed_when" not in remove
 
 
+# ansible-core is a dependency of provision: beside the interpreter, or the suite fails
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-needs_ansible = pytest.mark.skipif(shutil.which("ansible-playbook") is None
-                                   and not ANSIBLE_PLAYBOOK.exists(),
-                                   reason="ansible-core not installed")
 
 
 def ansible_playbook(tmp_path: Path, plays: list, *args: str, roles: Path = ROLES,
@@ -216,7 +214,6 @@ def ansible_playbook(tmp_path: Path, plays: list, *args: str, roles: Path = ROLE
                                "HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1", **(env or {})})
 
 
-@needs_ansible
 def test_syntax_check(tmp_path):
     """Every role, and every task file the engine or provision includes on its own
     (tasks_from: control_plane prepare, etcd remove_member, etcd_restore's phases,
@@ -440,7 +437,6 @@ def recap(proc) -> dict[str, int]:
     return {k: int(v) for k, v in (w.split("=") for w in line.split()[2:])}
 
 
-@needs_ansible
 def test_remove_member_removes_a_present_member(tmp_path):
     proc, calls = remove_member(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -452,7 +448,6 @@ def test_remove_member_removes_a_present_member(tmp_path):
                                        ["remove", LEAVING]]
 
 
-@needs_ansible
 def test_remove_member_already_gone_is_success_unchanged(tmp_path):
     """An earlier run was interrupted after the removal: nothing to do, no change."""
     gone = {"members": [m for m in MEMBERS["members"] if m["name"] != "cp-3"]}
@@ -462,7 +457,6 @@ def test_remove_member_already_gone_is_success_unchanged(tmp_path):
     assert not any("remove" in c for c in calls)
 
 
-@needs_ansible
 def test_remove_member_refuses_while_a_remaining_member_is_unhealthy(tmp_path):
     """Removing a member from a sick cluster can lose quorum: nothing is removed."""
     sick = "https://10.250.0.12:2379 is unhealthy: failed to commit proposal"
@@ -472,14 +466,12 @@ def test_remove_member_refuses_while_a_remaining_member_is_unhealthy(tmp_path):
     assert [c[-2:] for c in calls] == [["endpoint", "health"]]
 
 
-@needs_ansible
 def test_remove_member_fails_with_etcdctls_message(tmp_path):
     proc, _ = remove_member(tmp_path, remove_error="Error: etcdserver: re-configuration failed")
     assert proc.returncode != 0
     assert "Error: etcdserver: re-configuration failed" in proc.stdout
 
 
-@needs_ansible
 @pytest.mark.parametrize("member_id", ["", "cp-3", "0x8e9e05c52164694d"])
 def test_remove_member_wants_a_hex_id(tmp_path, member_id):
     proc, calls = remove_member(tmp_path, member_id=member_id)
@@ -487,7 +479,6 @@ def test_remove_member_wants_a_hex_id(tmp_path, member_id):
     assert calls == []
 
 
-@needs_ansible
 @pytest.mark.parametrize("layout", ["checkout", "wheel"])
 def test_pki_runs_with_the_package_the_roles_belong_to(tmp_path, layout):
     """etcd_provision_src (PYTHONPATH of `python -m provision.pki`): the checkout that
@@ -516,7 +507,6 @@ echo "kubeadm join 10.250.0.10:6443 --token abcdef.0123456789abcdef \\
 """
 
 
-@needs_ansible
 @pytest.mark.parametrize("control_plane", [False, True])
 def test_join_config_writes_a_private_join_file_and_logs_no_token(tmp_path, control_plane):
     """common's join_config as control_plane and worker include it: the token and CA
