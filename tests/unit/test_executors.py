@@ -64,6 +64,31 @@ def test_stage_playbook_writes_marker_only_after_roles(tmp_path):
     assert play["post_tasks"][0]["ansible.builtin.copy"]["dest"] == "/m/os"
     assert play["vars"]["provision_stage_hashes"] == {"a": "h1", "b": "h2"}
     assert play["vars"]["provision_prepared"] is False
+    assert play["gather_subset"] == ["!all"]  # Ansible's minimal facts
+
+
+# What the minimal fact subset (gather_subset: ["!all"]) gathers, by variable prefix,
+# and Ansible's magic and connection variables (not facts at all).
+MINIMAL_FACTS = ("date_time", "distribution", "os_family", "pkg_mgr", "service_mgr",
+                 "python", "user_", "env", "lsb", "selinux", "apparmor", "fips", "local",
+                 "cmdline", "proc_cmdline", "system", "kernel", "architecture", "machine",
+                 "hostname", "fqdn", "domain", "nodename", "dns", "ssh_host_key")
+NOT_FACTS = ("version", "managed", "playbook_python", "check_mode", "host", "user",
+             "port", "become", "play_", "loop", "run_tags", "skip_tags", "facts")
+
+
+def test_the_roles_read_only_facts_of_the_minimal_subset():
+    """A role reading a fact the stage no longer gathers (ansible_default_ipv4, say)
+    would fail on a node, not here: every ``ansible_*`` the roles name is a minimal
+    fact or not a fact."""
+    import re
+
+    roles = ansible.data_dir("roles")
+    named = {m for f in roles.rglob("*") if f.is_file() and f.suffix in (".yml", ".j2")
+             for m in re.findall(r"\bansible_([a-z0-9_]+)", f.read_text())}
+    assert named, "the scan found no ansible_ variable at all"
+    unknown = {n for n in named if not n.startswith(MINIMAL_FACTS + NOT_FACTS)}
+    assert not unknown, f"facts outside the minimal subset: {sorted(unknown)}"
 
 
 def test_a_prepared_serial_stage_prepares_every_host_at_once_first(tmp_path):
