@@ -72,16 +72,35 @@ def test_kube_proxy_running_here(host):
     assert out.rc == 0 and out.stdout.strip(), "kube-proxy is not running on this node"
 
 
-def test_coredns_available(host, cluster, other_host):
-    """Every CoreDNS replica available (the DNS checks below pass with one of two)."""
+def coredns_replicas(host, cluster, other_host) -> tuple[int, int]:
+    """(available, wanted) replicas of the CoreDNS Deployment."""
     cp = kubectl_host(host, cluster, other_host)
     out = cp.run(f"{ADMIN_KUBECTL} -n kube-system get deployment coredns -o json")
     assert out.rc == 0, out.stderr
     deployment = json.loads(out.stdout)
-    wanted = deployment["spec"].get("replicas", 1)
-    available = deployment["status"].get("availableReplicas", 0)
+    return (deployment["status"].get("availableReplicas", 0),
+            deployment["spec"].get("replicas", 1))
+
+
+def test_coredns_available(host, cluster, other_host):
+    """Every CoreDNS replica available (the DNS checks below pass with one of two)."""
+    available, wanted = coredns_replicas(host, cluster, other_host)
     assert wanted >= 1 and available == wanted, \
         f"CoreDNS: {available} of {wanted} replicas available"
+
+
+def no_dns_server(host, cluster, other_host) -> str:
+    """Why no DNS question can be answered ("" when some CoreDNS replica is available).
+    With none, every DNS probe would only wait out its timeouts (minutes over a
+    cluster) to fail: the DNS checks fail at once, naming the cause."""
+    if "no_dns_server" not in _DNS:
+        available, wanted = coredns_replicas(host, cluster, other_host)
+        _DNS["no_dns_server"] = "" if available else \
+            f"cluster DNS not asked: CoreDNS has {available} of {wanted} replicas available"
+    return _DNS["no_dns_server"]
+
+
+_DNS: dict[str, str] = {}  # asked once per check run (one xdist worker's share of it)
 
 
 def test_node_ready(host, cluster):
@@ -114,8 +133,10 @@ def resolve_through_cluster_dns(host, cluster, name: str) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
-def test_cluster_dns_through_the_service_ip(host, cluster):
+def test_cluster_dns_through_the_service_ip(host, cluster, other_host):
     """Service, pod network and DNS: kubernetes.default resolves from every node."""
+    down = no_dns_server(host, cluster, other_host)
+    assert not down, down
     name = f"kubernetes.default.svc.{cluster.get('provision_cluster_domain', 'cluster.local')}"
     assert resolve_through_cluster_dns(host, cluster, name) == cluster.kubernetes_service_ip
 
@@ -148,6 +169,7 @@ class Probe:
     node: str = ""  # get: the node the answer must name
     any_node: frozenset[str] = frozenset()  # get: the answer names one of these
     addrs: tuple[str, ...] = ()  # resolve: exactly these addresses
+    needs_dns: bool = False  # a resolve:, or a get: of a name
 
 
 def running_pods(pod_list: dict[str, Any]) -> list[Pod]:
@@ -176,10 +198,11 @@ def probes_from(source: Pod, pods: list[Pod], cluster_ip: str, kubernetes_ip: st
               any_node=nodes),
         Probe(f"get:http://netcheck.{NETCHECK_NS}/",
               f"Service netcheck by name (netcheck.{NETCHECK_NS}, via the search path)",
-              any_node=nodes),
-        Probe(f"resolve:{fqdn}", f"cluster DNS for {fqdn}", addrs=(cluster_ip,)),
+              any_node=nodes, needs_dns=True),
+        Probe(f"resolve:{fqdn}", f"cluster DNS for {fqdn}", addrs=(cluster_ip,),
+              needs_dns=True),
         Probe("resolve:kubernetes.default", "cluster DNS for kubernetes.default",
-              addrs=(kubernetes_ip,)),
+              addrs=(kubernetes_ip,), needs_dns=True),
     ]
     return probes
 
@@ -310,8 +333,14 @@ def netcheck(host, cluster, other_host) -> Netcheck:
         run.error = f"kubectl get service netcheck: {out.stderr.strip()}"
         return run
     domain = cluster.get("provision_cluster_domain", "cluster.local")
+    down = no_dns_server(host, cluster, other_host)
     plans = {p.node: (p, probes_from(p, pods, run.cluster_ip, cluster.kubernetes_service_ip,
                                      domain)) for p in pods}
+    unasked: dict[str, list[str]] = {}
+    if down:  # the probes that need DNS fail now, with the cause, instead of timing out
+        for node, (pod, probes) in plans.items():
+            unasked[node] = [f"from {pod} to {p.what}: {down}" for p in probes if p.needs_dns]
+            plans[node] = (pod, [p for p in probes if not p.needs_dns])
     jobs = {node: sweep_argv(p, probes) for node, (p, probes) in plans.items()}
     out = cp.run(f"python3 -c {shlex.quote(PARALLEL)} {shlex.quote(json.dumps(jobs))}")
     try:
@@ -321,7 +350,8 @@ def netcheck(host, cluster, other_host) -> Netcheck:
         return run
     for node, (pod, probes) in plans.items():
         a = answers.get(node, {"rc": -1, "stdout": "", "stderr": "not run"})
-        run.failures[node] = judge(pod, probes, a["rc"], a["stdout"], a["stderr"])
+        run.failures[node] = unasked.get(node, []) + \
+            judge(pod, probes, a["rc"], a["stdout"], a["stderr"])
     run.seconds = round(time.monotonic() - started, 1)
     return run
 
@@ -377,8 +407,12 @@ def test_node_reaches_every_netcheck_pod_and_the_service(host, cluster, other_ho
         if answer.rc != 0 or f'"node":"{node}"' not in answer.stdout:
             failures.append(f"from node {me} to {pod}: {answer.stderr.strip() or answer.stdout}")
     domain = cluster.get("provision_cluster_domain", "cluster.local")
-    resolved = resolve_through_cluster_dns(host, cluster, f"netcheck.{NETCHECK_NS}.svc.{domain}")
-    if resolved != run.cluster_ip:
+    down = no_dns_server(host, cluster, other_host)
+    resolved = down or resolve_through_cluster_dns(
+        host, cluster, f"netcheck.{NETCHECK_NS}.svc.{domain}")
+    if down:
+        failures.append(f"from node {me}: {down}")
+    elif resolved != run.cluster_ip:
         failures.append(f"from node {me}: cluster DNS gave {resolved} for the netcheck "
                         f"Service, its ClusterIP is {run.cluster_ip}")
     answer = host.run(f"curl -sS -m 3 --retry 2 http://{run.cluster_ip}/")
