@@ -32,8 +32,10 @@ def host_vars(name: str, address: str, roles: Iterable[str]) -> dict[str, object
     return {"node_name": name, "node_address": address, "node_roles": sorted(roles)}
 
 
-def global_vars(inv: Inventory, services: dict[str, str]) -> dict[str, object]:
-    """``services``: where the artifact mirror and registry answer for the nodes."""
+def global_vars(inv: Inventory, services: dict[str, str],
+                files: dict[str, str] | None = None) -> dict[str, object]:
+    """``services``: where the artifact mirror and registry answer for the nodes;
+    ``files``: what the mirror serves under /files/<version>/ -> its sha256."""
     k8s = inv.kubernetes
     subnet = ipaddress.ip_network(str(inv.network.subnet))
     return {
@@ -51,6 +53,9 @@ def global_vars(inv: Inventory, services: dict[str, str]) -> dict[str, object]:
         "provision_artifact_source": inv.artifacts.source,
         "provision_mirror_url": services.get("mirror_url", ""),
         "provision_registry": services.get("registry", ""),
+        # a node checks every file it downloads from the mirror against these, which
+        # reach it over SSH: a file replaced on the mirror is refused, not installed
+        "provision_file_sha256": dict(files or {}),
         "provision_pki_dir": services.get("pki_dir", ""),
         "provision_nodes": [
             {"name": n.name, "address": str(n.address), "roles": sorted(n.roles)}

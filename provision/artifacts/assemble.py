@@ -64,15 +64,9 @@ class ArtifactSet:
         return {a.name: a.path for a in self.artifacts if a.kind == "binary"}
 
     def files_tree(self) -> dict[str, Path]:
-        """What the mirror serves under /files: ``<version>/bin/<name>`` for node and
-        control-plane binaries, ``<version>/cni/flannel`` for the CNI plugin."""
-        out: dict[str, Path] = {}
-        for name, path in self.binaries.items():
-            if name in ("flannel",):
-                out[f"{self.kubernetes}/cni/{name}"] = path
-            elif name in (*gobuild.KUBERNETES_BINARIES, "crictl"):
-                out[f"{self.kubernetes}/bin/{name}"] = path
-        return out
+        """What the mirror serves under /files: ``<version>/<served_path>``."""
+        return {f"{self.kubernetes}/{served}": path for name, path in self.binaries.items()
+                if (served := served_path(name))}
 
     def sha256sums(self) -> str:
         lines = []
@@ -80,6 +74,34 @@ class ArtifactSet:
             digest = path.name
             lines.append(f"{digest}  {rel.split('/', 1)[1]}")
         return "\n".join(lines) + "\n"
+
+
+def served_path(binary: str) -> str:
+    """Where the mirror serves a binary under /files/<version>/: ``bin/<name>`` for node
+    and control-plane binaries, ``cni/flannel`` for the CNI plugin; "" for the others."""
+    if binary == "flannel":
+        return f"cni/{binary}"
+    if binary in (*gobuild.KUBERNETES_BINARIES, "crictl"):
+        return f"bin/{binary}"
+    return ""
+
+
+def file_digests(version: str, source: str = "offline",
+                 lock_dir: Path | None = None) -> dict[str, str]:
+    """Every file the mirror serves under /files/<version>/ (``bin/kubelet``) -> its
+    sha256, as the lock pins it: what a node checks each download against, handed to
+    it over SSH, never fetched from the mirror it checks. Reads the lock; builds
+    nothing."""
+    rel = versions.release(version)
+    lock = locks.load(rel.kubernetes, lock_dir)
+    if lock is None:
+        locks.verify(None, [], update=False)  # raises with the how-to
+        return {}
+    # an official file the lock does not pin (sha256 "") never gets this far: build()
+    # refuses it before the mirror starts
+    return {served: e.sha256 for e in _lock_entries(rel, lock, source)
+            if e.kind in ("binary", "upstream") and e.sha256
+            and (served := served_path(e.name))}
 
 
 def programs(rel: versions.Release, source: str) -> list[gobuild.GoProgram]:

@@ -3,9 +3,6 @@ TCP to every API server (VIP failover itself is exercised by the HA lab test).""
 
 import pytest
 
-from provision import nodefacts
-from provision.observe.membership import parse_haproxy_stats
-
 
 def test_services_active(host):
     for name in ("haproxy", "keepalived"):
@@ -18,20 +15,13 @@ def test_haproxy_listens_on_the_vip(host, cluster):
     assert cluster.api_endpoint in sockets, sockets
 
 
-def test_haproxy_has_every_api_server(host, cluster):
+def test_haproxy_has_every_api_server(host, cluster, haproxy_servers):
     """Exactly the control-plane nodes, each at its address and the API server's port
     (a server aimed at a wrong address is never UP, whatever its name says)."""
     port = cluster.get("provision_api_port", 6443)  # the VIP's port, on another address
     servers = {name: row.get("addr", "?") for name, row in haproxy_servers(host).items()}
     want = {n["name"]: f"{n['address']}:{port}" for n in cluster.with_role("control-plane")}
     assert servers == want, f"haproxy's API backend is {servers}, expected {want}"
-
-
-def haproxy_servers(host) -> dict[str, dict[str, str]]:
-    """haproxy's API backend servers on this node, by name (its stats CSV)."""
-    csv = host.run("curl -sS --max-time 3 "
-                   f"'http://127.0.0.1:{nodefacts.HAPROXY_STATS_PORT}/stats;csv'").stdout
-    return parse_haproxy_stats(csv, nodefacts.HAPROXY_API_BACKEND)
 
 
 def test_exactly_one_node_holds_the_vip(host, cluster, other_host):

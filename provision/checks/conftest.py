@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -112,6 +113,57 @@ def other_host(request: pytest.FixtureRequest):
         return testinfra.get_host(f"ssh://{name}", ssh_config=ssh_config)
 
     return get
+
+
+@pytest.fixture
+def haproxy_servers() -> Callable[[Any], dict[str, dict[str, str]]]:
+    """``haproxy_servers(host)``: haproxy's API backend servers on that node, by name,
+    each a row of its stats CSV (``status``, ``addr``, ...)."""
+    from provision import nodefacts
+    from provision.observe.membership import parse_haproxy_stats
+
+    def servers(host: Any) -> dict[str, dict[str, str]]:
+        csv = host.run("curl -sS --max-time 3 "
+                       f"'http://127.0.0.1:{nodefacts.HAPROXY_STATS_PORT}/stats;csv'").stdout
+        return parse_haproxy_stats(csv, nodefacts.HAPROXY_API_BACKEND)
+
+    return servers
+
+
+@pytest.fixture
+def expired_certificates() -> Callable[[Any, str], list[str]]:
+    """``expired_certificates(host, directory)``: the certificates (``*.crt``) in that
+    directory of the node that have expired; fails when it holds none."""
+    def expired(host: Any, directory: str) -> list[str]:
+        certs = host.run(f"ls {directory}/*.crt").stdout.split()
+        assert certs, f"no certificates in {directory}"
+        return [c for c in certs if host.run(f"openssl x509 -in {c} -noout -checkend 0").rc]
+
+    return expired
+
+
+# Where the roles install what they download from the mirror's /files/<version>/:
+# roles/kubelet (kubelet_bin_dir), roles/container_runtime (crictl, containerd_cni_bin_dir).
+INSTALLED_AT = {"bin/": "/usr/local/bin/", "cni/": "/opt/cni/bin/"}
+
+
+@pytest.fixture
+def files_not_as_pinned(cluster_context: dict[str, Any]) -> Callable[[Any, list[str]], list[str]]:
+    """``files_not_as_pinned(host, ["bin/kubelet", ...])``: each of those files, as
+    installed on the node, whose sha256 is not the lock's pin the run handed over
+    (``provision_file_sha256``), with what it is instead."""
+    pins: dict[str, str] = cluster_context.get("provision_file_sha256") or {}
+
+    def differ(host: Any, served: list[str]) -> list[str]:
+        assert pins, "the check context has no file digests (provision_file_sha256)"
+        paths = {s: next(d + s.removeprefix(p) for p, d in INSTALLED_AT.items()
+                         if s.startswith(p)) for s in served}
+        out = host.run("sha256sum " + " ".join(paths.values())).stdout
+        got = {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
+        return [f"{path} is {got.get(path, 'missing')}, the pinned file is {pins.get(s)}"
+                for s, path in paths.items() if got.get(path) != pins.get(s)]
+
+    return differ
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import time
 from datetime import datetime
 
 from provision import nodefacts
-from provision.observe.membership import parse_haproxy_stats
 
 KUBECTL = f"kubectl --kubeconfig {nodefacts.ADMIN_KUBECONFIG}"
 CA = f"{nodefacts.KUBERNETES_PKI_DIR}/ca.crt"
@@ -79,14 +78,7 @@ def test_leaders_hold_live_leases(host, cluster):
 HAPROXY_UP_WAIT = 20  # haproxy checks every 2 s and needs 2 successes (roles/api_lb)
 
 
-def haproxy_servers(host) -> dict[str, dict[str, str]]:
-    """haproxy's API backend servers on this node, by name (its stats CSV)."""
-    csv = host.run("curl -sS --max-time 3 "
-                   f"'http://127.0.0.1:{nodefacts.HAPROXY_STATS_PORT}/stats;csv'").stdout
-    return parse_haproxy_stats(csv, nodefacts.HAPROXY_API_BACKEND)
-
-
-def test_haproxy_sees_every_api_server_up(host, cluster):
+def test_haproxy_sees_every_api_server_up(host, cluster, haproxy_servers):
     """Each API server passes haproxy's readyz check from this node (a backend that is
     configured but DOWN gets no traffic: the VIP would serve from fewer nodes)."""
     wanted = {n["name"] for n in cluster.with_role("control-plane")}
@@ -121,10 +113,8 @@ def test_certificate_names(host, cluster):
     assert want <= sans, f"apiserver certificate lacks {sorted(want - sans)}: {sorted(sans)}"
 
 
-def test_certificates_not_expired(host):
-    certs = host.run(f"ls {nodefacts.KUBERNETES_PKI_DIR}/*.crt").stdout.split()
-    assert certs, f"no certificates in {nodefacts.KUBERNETES_PKI_DIR}"
-    expired = [c for c in certs if host.run(f"openssl x509 -in {c} -noout -checkend 0").rc != 0]
+def test_certificates_not_expired(host, expired_certificates):
+    expired = expired_certificates(host, nodefacts.KUBERNETES_PKI_DIR)
     assert not expired, f"expired: {expired}"
 
 
@@ -148,3 +138,8 @@ def test_kubeadm_and_kubectl_are_the_pinned_release(host, cluster):
     assert host.check_output("kubeadm version -o short") == pinned
     client = json.loads(host.check_output("kubectl version --client -o json"))
     assert client["clientVersion"]["gitVersion"] == pinned
+
+
+def test_kubelet_kubeadm_kubectl_are_the_pinned_files(host, files_not_as_pinned):
+    wrong = files_not_as_pinned(host, ["bin/kubelet", "bin/kubeadm", "bin/kubectl"])
+    assert not wrong, "; ".join(wrong)

@@ -121,10 +121,8 @@ def test_one_leader_and_no_alarm(host, cluster):
     assert alarms.rc == 0 and not alarms.stdout.strip(), alarms.stdout or alarms.stderr
 
 
-def test_certificates_not_expired(host):
-    certs = host.run(f"ls {nodefacts.ETCD_PKI_DIR}/*.crt").stdout.split()
-    assert certs, f"no certificates in {nodefacts.ETCD_PKI_DIR}"
-    expired = [c for c in certs if host.run(f"openssl x509 -in {c} -noout -checkend 0").rc != 0]
+def test_certificates_not_expired(host, expired_certificates):
+    expired = expired_certificates(host, nodefacts.ETCD_PKI_DIR)
     assert not expired, f"expired: {expired}"
 
 

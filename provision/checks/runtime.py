@@ -62,3 +62,12 @@ def test_the_sandbox_image_runs(host):
     finally:
         host.run(f"ctr -n k8s.io task kill -s KILL {name}; sleep 1; "
                  f"ctr -n k8s.io task delete {name}; ctr -n k8s.io container delete {name}")
+
+
+def test_downloaded_tools_are_the_pinned_files(host, cluster, files_not_as_pinned):
+    """crictl and the flannel CNI plugin are byte for byte what the lock pins (the
+    download is checked on the node; this proves nothing replaced them since)."""
+    files = ["bin/crictl"] + (["cni/flannel"] if cluster.get("provision_cni") == "flannel"
+                              else [])
+    wrong = files_not_as_pinned(host, files)
+    assert not wrong, "; ".join(wrong)

@@ -68,3 +68,8 @@ def test_ready_or_waiting_only_for_the_pod_network(host, cluster):
         assert time.monotonic() < deadline, \
             f"NotReady ({'with' if cni else 'without'} a CNI configuration): {ready}"
         time.sleep(3)
+
+
+def test_kubelet_kubeadm_kubectl_are_the_pinned_files(host, files_not_as_pinned):
+    wrong = files_not_as_pinned(host, ["bin/kubelet", "bin/kubeadm", "bin/kubectl"])
+    assert not wrong, "; ".join(wrong)

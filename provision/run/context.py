@@ -102,7 +102,8 @@ class ClusterContext:
         """The variables every role and check sees (provision/clustervars.py), with the
         mirror's addresses; starts nothing."""
         services = {**mirror.addresses(self.inventory), "pki_dir": str(self.paths.pki_dir)}
-        return clustervars.global_vars(self.inventory, services)
+        return clustervars.global_vars(self.inventory, services,
+                                       mirror.file_digests(self.inventory))
 
     def artifact_versions(self) -> dict[str, str]:
         return mirror.artifact_versions(self.inventory)

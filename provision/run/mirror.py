@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from provision.artifacts import build
+from provision.artifacts import assemble, build
 from provision.artifacts.locks import lock_path
 from provision.artifacts.oci import split_reference
 from provision.artifacts.serve import in_netns
@@ -38,6 +38,12 @@ def addresses(inv: Inventory) -> dict[str, str]:
     gateway = str(inv.network.gateway)
     return {"mirror_url": f"http://{gateway}:{HTTP_PORT}",
             "registry": f"{gateway}:{REGISTRY_PORT}"}
+
+
+def file_digests(inv: Inventory) -> dict[str, str]:
+    """What the mirror serves under /files/<version>/ -> its sha256 (the lock's pins):
+    the roles' downloads and the checks compare against these."""
+    return assemble.file_digests(inv.kubernetes.version, inv.artifacts.source)
 
 
 def artifact_versions(inv: Inventory) -> dict[str, str]:
@@ -106,4 +112,5 @@ def _serving(netns: str | None, urls: dict[str, str], last_image: str) -> bool:
 
 
 __all__ = ["HTTP_PORT", "REGISTRY_PORT", "addresses", "artifact_versions", "ensure",
+           "file_digests",
            "no_service_host"]

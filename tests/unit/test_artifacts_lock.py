@@ -86,3 +86,17 @@ def test_committed_locks_pin_every_artifact():
         assert "deb/containerd" in names and "deb/etcd-server" in names
         for e in lock.entries:
             assert len(e.sha256) == 64 and e.version and e.source
+
+
+def test_file_digests_are_the_locks_pins_of_what_the_mirror_serves():
+    """What a node checks its downloads against: read from the lock, built nothing."""
+    from provision.artifacts.assemble import file_digests
+
+    for v in versions.supported_kubernetes_versions():
+        pins = {e.name: e.sha256 for e in locks.load(v).entries if e.kind == "binary"}
+        digests = file_digests(v)
+        assert digests["cni/flannel"] == pins["flannel"]
+        for name in ("kubelet", "kubeadm", "kubectl", "crictl", "kube-apiserver"):
+            assert digests[f"bin/{name}"] == pins[name], (v, name)
+        assert "bin/etcd" not in digests and "bin/flanneld" not in digests  # not served
+        assert all(len(d) == 64 for d in digests.values())

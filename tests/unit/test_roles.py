@@ -111,6 +111,22 @@ def test_commands_report_changes_honestly():
                     f"{role}: {task['name']} has no changed_when"
 
 
+def test_every_download_is_checked_against_a_digest_from_the_provisioner():
+    """A file fetched from the mirror is checked against the lock's sha256, handed to
+    the node in ``provision_file_sha256`` (over SSH), never against anything the mirror
+    serves: a file replaced there is refused on the node."""
+    downloads = [(role, t) for role in ROLE_NAMES for t in all_tasks(role)
+                 if "ansible.builtin.get_url" in t]
+    assert len(downloads) == 3, [t["name"] for _, t in downloads]
+    for role, task in downloads:
+        checksum = str(task["ansible.builtin.get_url"].get("checksum", ""))
+        assert checksum.startswith("sha256:{{ ") and "_file_sha256[" in checksum, \
+            f"{role}: {task['name']} downloads without the pinned digest: {checksum!r}"
+        variable = checksum.split("{{ ", 1)[1].split("[", 1)[0]
+        defaults = load(ROLES / role / "defaults" / "main.yml")
+        assert defaults[variable] == "{{ provision_file_sha256 }}", (role, variable)
+
+
 def test_kubeadm_reset_never_touches_etcd():
     """etcd is external (ours): kubeadm reset's remove-etcd-member phase would empty
     kubeadm's default /var/lib/etcd, where a co-located member keeps its data."""
