@@ -12,9 +12,10 @@ bare-metal world uses in its own CI.
   ``vbmc`` per machine.
 
 The cluster: lab machine ``cp-1`` (local provider: control plane, artifact mirror in
-the lab namespace) and the pxe machines as workers, with (``with_vm``) the libvirt VM
-``vm-1`` of vmcluster.py as one more worker in the same namespace and libvirtd: the
-slow tier boots its TCG guests once, for both providers. provision's dnsmasq and boot
+the lab namespace) and the pxe machines as workers; ``with_vm`` configures the libvirt
+provider too, in the same namespace and libvirtd, for the VM ``vm-1`` of vmcluster.py
+that ``write_inventory(with_vm=...)`` adds or leaves out: the slow tier boots its TCG
+guests once, for both providers. provision's dnsmasq and boot
 HTTP server run in the lab namespace on br-lab. ``metal_lab()`` always removes
 everything: provision destroy, the BMC emulators, libvirtd, the namespace.
 """
