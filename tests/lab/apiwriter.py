@@ -118,6 +118,12 @@ class ApiWriter(threading.Thread):
     def lost(self, attempts: int = 30) -> list[int]:
         """Numbers of acknowledged writes the cluster does not have (read back through
         the VIP, retried while the API is not answering)."""
+        present = self.present(attempts)
+        return [w.n for w in self.acked() if w.n not in present]
+
+    def present(self, attempts: int = 30) -> set[int]:
+        """Numbers of this writer's writes the cluster has (read back through the VIP,
+        retried while the API is not answering)."""
         for _ in range(attempts):
             try:
                 status, answer = self._request(
@@ -126,8 +132,7 @@ class ApiWriter(threading.Thread):
             except Exception:  # noqa: BLE001 - retried below
                 status = 0
             if status == 200:
-                present = {item["metadata"]["name"] for item in json.loads(answer)["items"]}
-                return [w.n for w in self.acked() if f"{self.run_id}-{w.n}" not in present]
+                return {int(item["data"]["n"]) for item in json.loads(answer)["items"]}
             time.sleep(2)
         raise AssertionError("the written ConfigMaps could not be read back through the VIP")
 

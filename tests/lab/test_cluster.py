@@ -9,12 +9,17 @@ order and each starts from the state the previous one left:
    (kubeadm ended too, leaving a Node without its label) and during a worker join, each
    time resumed, ending verified: 5 Ready nodes;
 2. the admin kubeconfig; no secret in the state directory; a second `up` that skips
-   every stage; one real fault per stage, each named by `verify` and repaired by `up`;
+   every stage; a file replaced on the mirror refused by the node; one real fault per
+   stage, each named by `verify` and repaired by `up`;
 3. the VIP holder crashed, its API server killed, its link cut: a writer through the VIP
    (tests/lab/apiwriter.py) measures the longest gap from the fault and reads back every
    acknowledged write;
-4. workers 2 -> 3 -> 1 by the pool count; cp-3 replaced by cp-4 in one edit under the
-   writer; unsafe edits refused; backup, restore; destroy --keep-machines.
+4. workers 2 -> 3 -> 1 by the pool count (the `up` removing two killed as the first
+   one's reset begins, after its drain, then resumed); cp-3 replaced by cp-4 in one edit under the
+   writer, the `up` killed once cp-4 is an added but unstarted etcd member and again
+   between cp-3's drain and its etcd member removal, then resumed; unsafe edits
+   refused; backup under the writer and restore (every write acknowledged before the
+   backup back, every one sent after it gone); destroy --keep-machines.
 """
 
 from __future__ import annotations
@@ -92,6 +97,15 @@ class Lab:
                                              "etcdctl member list -w json"))["members"]
         return {m["name"]: health.get(m["clientURLs"][0], False) for m in members}
 
+    def etcd_peers(self) -> dict[str, str]:
+        """Every etcd member's peer address -> its name ("" for a member added but
+        never started)."""
+        from urllib.parse import urlsplit
+
+        members = json.loads(self.on("cp-1", ". /etc/etcd/etcdctl.env; "
+                                             "etcdctl member list -w json"))["members"]
+        return {urlsplit(m["peerURLs"][0]).hostname: m.get("name", "") for m in members}
+
     def machines(self) -> set[str]:
         ctx = ClusterContext.open(self.inventory)
         return set(ctx.providers.get("local").machines(ctx.inventory))
@@ -135,6 +149,7 @@ def kubectl(lab):
     return run
 
 
+CP4_ADDRESS = "10.250.0.14"
 CP4 = """  - name: cp-4
     roles: [control-plane]
     provider: local
@@ -359,6 +374,34 @@ def test_second_up_changes_nothing(lab):
     assert all(not s["converged"] for s in summary.stages)
 
 
+def test_a_file_replaced_on_the_mirror_is_refused_by_the_node(lab):
+    """Every node and pod reaches the mirror, so the mirror is not trusted: a node
+    checks each file it downloads against the lock's sha256, handed to it over SSH.
+    A crictl replaced on the mirror is refused (the stage fails naming node, task and
+    checksum; nothing is installed); with the file back, `up` converges."""
+    from provision.artifacts.cache import Cache
+
+    served = list((Cache().root / "serve").glob(f"cluster-{NAME}-*/site/files/*/bin/crictl"))
+    assert len(served) == 1, f"the mirror's crictl: {served}"
+    crictl = served[0]
+    kept = crictl.with_name("crictl.kept")
+    os.rename(crictl, kept)  # a hard link to the cache's blob: never written to
+    try:
+        crictl.write_bytes(b"#!/bin/sh\necho replaced on the mirror\n")
+        crictl.chmod(0o755)
+        lab.on("worker-1", "rm /usr/local/bin/crictl")
+        refused = commands.up(lab.inventory, only="runtime", nodes=["worker-1"])
+        assert refused.status == "failed"
+        assert "on node 'worker-1'" in refused.error and "task 'crictl'" in refused.error \
+            and "checksum" in refused.error.lower(), refused.error
+        assert lab.on("worker-1", "ls /usr/local/bin/crictl 2>&1; true").strip() \
+            .endswith("No such file or directory")
+    finally:
+        os.replace(kept, crictl)
+    repaired = commands.up(lab.inventory, only="runtime", nodes=["worker-1"])
+    assert repaired.status == "ok", f"{repaired.error}\nreport: {repaired.report_html}"
+
+
 ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
 
 # One real fault per stage, each on a live node, and the check that must name it:
@@ -571,8 +614,14 @@ def test_workers_scale_in_by_pool_count(lab):
     plan = lab.plan()
     assert plan.ok and plan.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-3"),
                                         (planner.DRAIN_AND_REMOVE_WORKER, "worker-2")]
+    # Killed as worker-3's reset begins: drained and its Node deleted, its machine still
+    # there. The next plan, from what the machines and the cluster say: release it.
+    _kill_up_when(lab, "reset", "kubeadm reset", host="worker-3")
+    assert "worker-3" not in lab.nodes() and "worker-3" in lab.machines()
+    assert sorted(lab.plan().kinds()) == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-2"),
+                                          (planner.RELEASE_MACHINE, "worker-3")]
     summary = lab.up()
-    print(f"remove two workers: {summary.duration:.0f}s")
+    print(f"remove two workers, killed once and resumed: the last up {summary.duration:.0f}s")
     assert lab.nodes() == {n: True for n in ("cp-1", "cp-2", "cp-3", "worker-1")}
     assert lab.machines() == {"cp-1", "cp-2", "cp-3", "worker-1"}
 
@@ -590,12 +639,22 @@ def test_replace_a_control_plane_node_in_one_edit(lab):
     writer.start()
     started = time.monotonic()
     try:
+        # Killed once etcd has added cp-4 to the member list, before cp-4's etcd runs:
+        # a member that is listed and not started (quorum is now 3 of 4).
+        _kill_up_when(lab, "etcd", "live membership for a joining member", host="cp-4")
+        assert lab.etcd_peers()[CP4_ADDRESS] == "", \
+            f"cp-4 is not an unstarted member: {lab.etcd_peers()}"
+        # Killed again during cp-3's removal, after its drain, before its etcd member
+        # goes: the Node deleted, the member still there.
+        _kill_up_when(lab, "remove-control-plane-etcd", "members of the cluster")
+        assert "cp-3" not in lab.nodes() and "cp-3" in lab.etcd_peers().values(), \
+            f"nodes {lab.nodes()}, etcd members {lab.etcd_peers()}"
         summary = lab.up()
     finally:
         writer.stop()
     gap = writer.longest_gap(started, until=time.monotonic())
-    print(f"replace cp-3 by cp-4: {summary.duration:.0f}s; writes through the VIP: "
-          f"{writer.summary(started)}")
+    print(f"replace cp-3 by cp-4, killed twice and resumed: the last up "
+          f"{summary.duration:.0f}s; writes through the VIP: {writer.summary(started)}")
     lost = writer.lost()
     writer.close()
     assert not lost, f"acknowledged writes lost during the replace: {lost}"
@@ -639,7 +698,18 @@ def _configmap(lab: Lab, name: str, action: str = "get") -> subprocess.Completed
 def test_backup_then_restore_brings_back_exactly_the_snapshot(lab):
     lab.write(AFTER_REPLACE)
     assert _configmap(lab, "before-backup", "create").returncode == 0
-    facts = commands.backup(lab.inventory)
+    # a writer through the VIP while the backup is taken: what was acknowledged before
+    # it began is in the snapshot, what was sent after it ended is not
+    writer = ApiWriter(ClusterContext.open(lab.inventory).paths.kubeconfig)
+    writer.start()
+    try:
+        time.sleep(2)
+        backup_began = time.monotonic()
+        facts = commands.backup(lab.inventory)
+        backup_ended = time.monotonic()
+        time.sleep(2)
+    finally:
+        writer.stop()
     snapshot = Path(facts.snapshot)
     assert snapshot.stat().st_mode & 0o777 == 0o600
     assert facts.revision > 0 and facts.keys > 0 and facts.hash
@@ -652,6 +722,16 @@ def test_backup_then_restore_brings_back_exactly_the_snapshot(lab):
     assert _configmap(lab, "before-backup").returncode == 0
     after = _configmap(lab, "after-backup")
     assert after.returncode != 0 and "NotFound" in after.stderr, after.stdout + after.stderr
+    present = writer.present()
+    before = {w.n for w in writer.acked() if w.acked < backup_began}
+    later = {w.n for w in writer.writes if w.sent > backup_ended}
+    writer.close()
+    assert before and later, f"the writer wrote nothing before or after the backup: {writer}"
+    assert before <= present, f"acknowledged before the backup, not restored: " \
+                              f"{sorted(before - present)}"
+    assert not later & present, f"sent after the backup, restored: {sorted(later & present)}"
+    print(f"restore: {len(before)} writes acknowledged before the backup all back, "
+          f"{len(later)} sent after it all gone")
     assert lab.etcd_members() == {"cp-1": True, "cp-2": True, "cp-4": True}
 
 
