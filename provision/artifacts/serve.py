@@ -11,6 +11,11 @@ entered the namespace (setns), so the caller itself can stay in the host namespa
     with ArtifactServer(build("v1.37.2"), "10.250.0.1", netns="pv-lab") as srv:
         srv.mirror_url   # http://10.250.0.1:8080  (/apt, /files)
         srv.registry     # 10.250.0.1:5000
+
+The registry the nodes reach is read-only (distribution's maintenance mode: no push,
+no delete): every node and pod reaches it, and an image pushed there would run as
+root on the next node that pulls it. The images go into its storage through a second,
+writable registry on loopback in the same namespace, for the push only.
 """
 
 from __future__ import annotations
@@ -119,10 +124,12 @@ storage:
   filesystem:
     rootdirectory: {run}/registry
   delete:
-    enabled: true
+    enabled: false
   maintenance:
     uploadpurging:
       enabled: false
+    readonly:
+      enabled: {readonly}
 http:
   addr: {address}:{port}
   secret: {secret}
@@ -256,21 +263,31 @@ class ArtifactServer:
         if not _wait_http(f"{self.mirror_url}/healthz", self.netns, 15) or proc.poll() is not None:
             raise self._fail("nginx", f"did not start serving on {self.mirror_url}")
 
-    def _start_registry(self) -> None:
-        conf = self.run_dir / "registry.yml"
-        conf.write_text(REGISTRY_CONF.format(run=self.run_dir, address=self.address,
-                                             port=self.registry_port,
-                                             secret=secrets.token_hex(16)))
+    def _start_registry(self, name: str = "registry", address: str = "", port: int = 0,
+                        readonly: bool = True) -> str:
+        """A docker-registry on the run directory's storage; returns its host:port.
+        The one the nodes reach (the default) is read-only: no push, no delete, from
+        any node or pod. Images go in through a writable one on loopback (push)."""
+        where = f"{address or self.address}:{port or self.registry_port}"
+        conf = self.run_dir / f"{name}.yml"
+        conf.write_text(REGISTRY_CONF.format(
+            run=self.run_dir, address=address or self.address,
+            port=port or self.registry_port, readonly=str(readonly).lower(),
+            secret=secrets.token_hex(16)))
         reg = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-        proc = self._spawn("registry", [reg, "serve", str(conf)])
-        if not _wait_http(f"http://{self.registry}/v2/", self.netns, 15) or \
-                proc.poll() is not None:
-            raise self._fail("registry", f"did not start serving on {self.registry}")
+        proc = self._spawn(name, [reg, "serve", str(conf)])
+        if not _wait_http(f"http://{where}/v2/", self.netns, 15) or proc.poll() is not None:
+            raise self._fail(name, f"did not start serving on {where}")
+        return where
 
     def push(self) -> None:
         """Push every image as <upstream host>/<path>:<tag> (the containerd mirror
-        layout); blobs already in the registry are skipped."""
-        base = f"http://{self.registry}"
+        layout) into the storage the read-only registry serves, through a writable
+        registry on loopback that lives only as long as the push; blobs already in the
+        storage are skipped."""
+        writer = self._start_registry("registry-push", "127.0.0.1", free_port(),
+                                      readonly=False)
+        base = f"http://{writer}"
 
         def push_all() -> None:
             for ref, digest in sorted(self.artifacts.images.items()):
@@ -281,26 +298,33 @@ class ArtifactServer:
             in_netns(self.netns, push_all)
         except oci.PushError as e:
             raise ServeError(f"pushing images to {base}: {e}") from e
+        finally:
+            self._end("registry-push")
 
     def stop(self) -> None:
         """Stop both servers (TERM, then KILL after 10 s) and remove the run directory."""
-        for name, proc in list(self._procs.items()):
-            if proc.poll() is None:
-                # nginx: QUIT is a graceful shutdown of master and workers.
-                sig = signal.SIGQUIT if name == "nginx" else signal.SIGTERM
-                with _suppress():
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with _suppress():
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
-            # Workers of the same session, should any survive their master.
-            with _suppress():
-                os.killpg(proc.pid, signal.SIGKILL)
-            del self._procs[name]
+        for name in list(self._procs):
+            self._end(name)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _end(self, name: str) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            # nginx: QUIT is a graceful shutdown of master and workers.
+            sig = signal.SIGQUIT if name == "nginx" else signal.SIGTERM
+            with _suppress():
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with _suppress():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Workers of the same session, should any survive their master.
+        with _suppress():
+            os.killpg(proc.pid, signal.SIGKILL)
 
     @property
     def running(self) -> bool:

@@ -122,6 +122,30 @@ def test_image_manifests_are_served_under_upstream_names(namespaces, served):
         assert hashlib.sha256(body.encode()).hexdigest() == aset.images[ref]
 
 
+def test_the_registry_refuses_writes_from_the_nodes(namespaces, served):
+    """Pushes and deletes from a node's side get distribution's refusal; the images
+    are still there and unchanged."""
+    _srv, cli = namespaces
+    aset, server = served
+    ref = f"registry.k8s.io/pause:{versions.release(aset.kubernetes).pause}"
+    repo, tag = ref.rsplit(":", 1)
+    registry = f"http://{server.registry}/v2/{repo}"
+    for method, url in (("POST", f"{registry}/blobs/uploads/"),
+                        ("PUT", f"{registry}/manifests/{tag}"),
+                        ("DELETE", f"{registry}/manifests/sha256:{aset.images[ref]}")):
+        r = subprocess.run(["ip", "netns", "exec", cli, "curl", "-sS", "--max-time", "30",
+                            "--noproxy", "*", "-X", method, "-o", "-", "-w", "%{http_code}",
+                            "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                            "--data-binary", "{}", url],
+                           capture_output=True, text=True, timeout=60)
+        # distribution's read-only mode: 405 "Method not allowed" (a writable registry
+        # answers 202 to the upload, 201 to the manifest, 202 to the delete)
+        assert r.stdout[-3:] == "405", (method, url, r.stdout)
+    r = _client(cli, "-D", "-", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                f"{registry}/manifests/{tag}")
+    assert r.returncode == 0 and f"sha256:{aset.images[ref]}" in r.stdout.decode()
+
+
 def test_crictl_pulls_through_the_mirror(namespaces, served, tmp_path):
     """containerd from the pinned Debian package, configured with the documented
     hosts.toml files, pulls upstream image names through the mirror; our crictl drives it."""
