@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import yaml
+
 from provision.artifacts.assemble import Artifact, ArtifactSet
 from provision.artifacts.cache import Cache
 from provision.artifacts.serve import NGINX_CONF, REGISTRY_CONF, ArtifactServer, hosts_toml
@@ -54,5 +56,8 @@ def test_generated_configs_keep_everything_in_the_run_dir():
             if word.startswith("/") and not word.startswith("/healthz") \
                     and not word.startswith("/apt/") and not word.startswith("/files/"):
                 assert word.startswith("/r"), line
-    reg = REGISTRY_CONF.format(run=run, address="10.0.0.1", port=5000, secret="s")
+    reg = REGISTRY_CONF.format(run=run, address="10.0.0.1", port=5000, secret="s",
+                               readonly="true")
     assert "rootdirectory: /r/registry" in reg and "addr: 10.0.0.1:5000" in reg
+    assert yaml.safe_load(reg)["storage"]["maintenance"]["readonly"] == {"enabled": True}
+    assert yaml.safe_load(reg)["storage"]["delete"] == {"enabled": False}
