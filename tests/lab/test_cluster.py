@@ -7,7 +7,8 @@ order and each starts from the state the previous one left:
 
 1. the build from nothing, killed (SIGKILL) inside etcd, during a control-plane join
    (kubeadm ended too, leaving a Node without its label) and during a worker join, each
-   time resumed, ending verified: 5 Ready nodes;
+   time resumed from the state asserted (stage markers, the Node's labels), ending
+   verified: 5 Ready nodes;
 2. the admin kubeconfig; no secret in the state directory; a second `up` that skips
    every stage; a file replaced on the mirror refused by the node; one real fault per
    stage, each named by `verify` and repaired by `up`;
@@ -18,8 +19,9 @@ order and each starts from the state the previous one left:
    one's reset begins, after its drain, then resumed); cp-3 replaced by cp-4 in one edit under the
    writer, the `up` killed once cp-4 is an added but unstarted etcd member and again
    between cp-3's drain and its etcd member removal, then resumed; unsafe edits
-   refused; backup under the writer and restore (every write acknowledged before the
-   backup back, every one sent after it gone); destroy --keep-machines.
+   refused; backup under the writer and restore, killed while the members restore and
+   run again (every write acknowledged before the backup back, every one sent after
+   it gone); destroy --keep-machines.
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ class Lab:
         members = json.loads(self.on("cp-1", ". /etc/etcd/etcdctl.env; "
                                              "etcdctl member list -w json"))["members"]
         return {m["name"]: health.get(m["clientURLs"][0], False) for m in members}
+
+    def markers(self, node: str) -> set[str]:
+        """The stages whose roles have succeeded on ``node`` (their markers)."""
+        from provision.nodefacts import STAGE_MARKER_DIR
+
+        return set(self.on(node, f"ls {STAGE_MARKER_DIR} 2>/dev/null; true").split())
 
     def etcd_peers(self) -> dict[str, str]:
         """Every etcd member's peer address -> its name ("" for a member added but
@@ -174,24 +182,27 @@ AFTER_REPLACE = _without(BASE.replace("count: 2", "count: 1"), "cp-3").replace(
 
 
 def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
-                  delay: float = 0.0, on_host: str = "", timeout: float = 1500) -> str:
-    """Start `provision up` and SIGKILL it (its whole process group: ansible, ssh)
-    ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``), or, with
-    ``on_host``, once that script has run to its end on ``host`` (returns its output)."""
+                  delay: float = 0.0, on_host: str = "", timeout: float = 1500,
+                  command: tuple[str, ...] = ("up",)) -> str:
+    """Start `provision up` (or ``command``) and SIGKILL it (its whole process group:
+    ansible, ssh) ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``),
+    or, with ``on_host``, once that script has run to its end on ``host`` (returns its
+    output)."""
     said = ""
     runs = lab.state / "clusters" / NAME / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
     output = lab.base / f"killed-up-{stage}.log"
     with output.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "provision.cli", "up", "-i",
-                                 str(lab.inventory)], start_new_session=True,
+        proc = subprocess.Popen([sys.executable, "-m", "provision.cli", command[0], "-i",
+                                 str(lab.inventory), *command[1:]], start_new_session=True,
                                 stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PROVISION_STATE_DIR": str(lab.state)})
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             assert proc.poll() is None, (
-                f"up ended (rc {proc.returncode}) before {stage}/{task}; its output ends:\n"
+                f"{command[0]} ended (rc {proc.returncode}) before {stage}/{task}; "
+                "its output ends:\n"
                 + "\n".join(output.read_text().splitlines()[-40:]))
             new = sorted(set(runs.iterdir()) - before) if runs.exists() else []
             events = new[-1] / "events.jsonl" if new else None
@@ -211,7 +222,7 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    print(f"killed up in {stage}/{task!r} ({host or 'any node'})")
+    print(f"killed {command[0]} in {stage}/{task!r} ({host or 'any node'})")
     return said
 
 
@@ -244,6 +255,11 @@ def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
 
 def test_a_killed_up_resumes_at_three_points(lab):
     _kill_up_when(lab, "etcd", "etcd started")
+    # the stages before etcd done and proven on every node, etcd's on none (a stage's
+    # marker is written only after its roles succeeded on the node)
+    for node in FIRST_NODES:
+        done = lab.markers(node)
+        assert {"os", "hosts", "runtime"} <= done and "etcd" not in done, (node, done)
     said = _kill_up_when(lab, "control-plane", "kubeadm join --control-plane", host="cp-2",
                          on_host=END_KUBEADM_ONCE_THE_KUBELET_RUNS)
     assert said.strip() == "kubeadm killed", f"the join was not stopped half-way: {said}"
@@ -251,6 +267,9 @@ def test_a_killed_up_resumes_at_three_points(lab):
     labels = _registered_labels(lab, "cp-2")
     assert "node-role.kubernetes.io/control-plane" not in labels, labels
     _kill_up_when(lab, "workers", "kubeadm join", delay=3)
+    # the control plane whole (the half-join resumed), no worker through its stage
+    assert all("control-plane" in lab.markers(n) for n in ("cp-1", "cp-2", "cp-3"))
+    assert not any("workers" in lab.markers(n) for n in ("worker-1", "worker-2"))
     summary = lab.up()
     print(f"resumed up: {summary.duration:.0f}s")
     report = json.loads((Path(summary.record_dir) / "report.json").read_text())
@@ -716,9 +735,16 @@ def test_backup_then_restore_brings_back_exactly_the_snapshot(lab):
     print(f"backup: {facts}")
     assert _configmap(lab, "after-backup", "create").returncode == 0
 
+    # Killed while the members restore the snapshot: every API server parked (nothing
+    # writes to etcd or serves a cache newer than the snapshot), etcd down. Restoring
+    # again finishes it.
+    _kill_up_when(lab, "restore", "snapshot restored into a new data directory",
+                  command=("restore", str(snapshot), "--yes"))
+    for cp in ("cp-1", "cp-2", "cp-4"):
+        assert "kube-apiserver.yaml" not in lab.on(cp, "ls /etc/kubernetes/manifests"), cp
     summary = commands.restore(lab.inventory, snapshot)
     assert summary.status == "ok", f"{summary.error}\nreport: {summary.report_html}"
-    print(f"restore (with every check): {summary.duration:.0f}s")
+    print(f"restore, killed once and run again (with every check): {summary.duration:.0f}s")
     assert _configmap(lab, "before-backup").returncode == 0
     after = _configmap(lab, "after-backup")
     assert after.returncode != 0 and "NotFound" in after.stderr, after.stdout + after.stderr
