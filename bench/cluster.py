@@ -1,14 +1,18 @@
 """Benchmark the whole product: inventories/local.yaml to a verified HA cluster, then
 day-2 commands on it. Prints JSON.
 
-    python bench/cluster.py [-i inventories/local.yaml] [--keep] [--no-day2]
+    python bench/cluster.py [-i inventories/local.yaml] [--keep] [--no-ha] [--no-day2]
 
 Runs on a warm artifact cache (it builds the set first if needed, outside the timing),
 under another cluster name and loopback port so a `make up` cluster is never touched:
 time per stage and in total, the peak memory the box used during the run (sampled
 from /proc/meminfo every 0.5 s), the no-op re-run, and destroy. The box is shared and
-noisy: these are figures to compare, not limits. Day 2 (issue 6's figures): add one
-worker by raising the pool count, then replace cp-3 by cp-4 in one edit.
+noisy: these are figures to compare, not limits. HA (issue 15's figures): the VIP
+holder's hard crash, its API server's death and its partition, each under a writer
+through the VIP (tests/lab/faults.py, tests/lab/apiwriter.py): the longest write gap
+from the moment of the fault, and acknowledged writes lost (must be 0); the cluster is
+verified whole again after each. Day 2 (issue 6's figures): add one worker by raising
+the pool count, then replace cp-3 by cp-4 in one edit, under the writer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "lab"))  # the fault injector and the writer
 
 
 class MemoryPeak:
@@ -61,6 +66,51 @@ def stage_seconds(summary: object) -> dict[str, float]:
             for s in report["stages"] if s.get("started")}
 
 
+def writer_figures(name: str, writer: object, since: float) -> dict[str, object]:
+    """The writer's figures from ``since`` (the fault), then the writer closed."""
+    try:
+        lost = writer.lost()  # type: ignore[attr-defined]
+        return {f"{name}_gap_seconds": round(writer.longest_gap(since), 1),  # type: ignore[attr-defined]
+                f"{name}_writes": len(writer.writes),  # type: ignore[attr-defined]
+                f"{name}_acknowledged": len(writer.acked()),  # type: ignore[attr-defined]
+                f"{name}_lost": len(lost)}
+    finally:
+        writer.close()  # type: ignore[attr-defined]
+
+
+def verified(inventory: Path, commands: object, timeout: float = 300) -> bool:
+    """`verify` until it passes (a machine or a link takes a while to be whole)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if commands.verify(inventory).status == "ok":  # type: ignore[attr-defined]
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(10)
+
+
+def ha(inventory: Path, commands: object) -> dict[str, object]:
+    """Each fault of the VIP holder under the writer; the cluster verified after each."""
+    from faults import FAULTS, vip_holder, writes_through_a_fault
+
+    from provision.run.context import ClusterContext
+
+    out: dict[str, object] = {}
+    c = ClusterContext.open(inventory)
+    for name, (inject, recover) in FAULTS.items():
+        holder = vip_holder(c)
+        try:
+            writer, fault = writes_through_a_fault(c.paths.kubeconfig,
+                                                   lambda: inject(c, holder))  # noqa: B023
+            out.update(writer_figures(name, writer, fault))
+        finally:
+            recover(c, holder)
+        out[f"{name}_status"] = "ok" if verified(inventory, commands) else "not whole again"
+        if out[f"{name}_status"] != "ok":
+            break
+    return out
+
+
 def day2(inventory: Path, commands: object) -> dict[str, object]:
     """Add a worker (pool count 2 -> 3), then replace cp-3 by cp-4 in one edit."""
     out: dict[str, object] = {}
@@ -70,11 +120,21 @@ def day2(inventory: Path, commands: object) -> dict[str, object]:
         "replace_control_plane": text.replace("count: 2", "count: 3").replace(
             "  - name: cp-3\n", "  - name: cp-4\n").replace("10.250.0.13", "10.250.0.14"),
     }
+    from apiwriter import ApiWriter
+
+    from provision.run.context import ClusterContext
+
     for name, edited in steps.items():
         inventory.write_text(edited)
+        writer = ApiWriter(ClusterContext.open(inventory).paths.kubeconfig)
+        writer.start()
         started = time.monotonic()
-        summary = commands.up(inventory)  # type: ignore[attr-defined]
+        try:
+            summary = commands.up(inventory)  # type: ignore[attr-defined]
+        finally:
+            writer.stop()
         out[f"{name}_seconds"] = round(time.monotonic() - started, 1)
+        out.update(writer_figures(f"{name}_writer", writer, started))
         out[f"{name}_status"] = summary.status
         out[f"{name}_stage_seconds"] = stage_seconds(summary)
         if summary.status != "ok":
@@ -88,6 +148,7 @@ def main() -> int:
     ap.add_argument("-i", "--inventory", default=str(ROOT / "inventories/local.yaml"))
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--no-day2", action="store_true", help="skip add-worker and replace")
+    ap.add_argument("--no-ha", action="store_true", help="skip the VIP holder's faults")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pvbench-"))
@@ -118,6 +179,9 @@ def main() -> int:
         noop = commands.up(inventory)
         result["noop_up_seconds"] = round(time.monotonic() - started, 1)
         result["noop_stages"] = {s["name"]: s["status"] for s in noop.stages}
+        commands.kubeconfig(inventory)  # the writer's way in: the loopback forward to the VIP
+        if not args.no_ha:
+            result.update(ha(inventory, commands))
         if not args.no_day2:
             result.update(day2(inventory, commands))
     finally:
@@ -126,7 +190,8 @@ def main() -> int:
             commands.destroy(inventory)
             result["destroy_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
-    ok = all(v == "ok" for k, v in result.items() if k.endswith("_status"))
+    ok = all(v == "ok" for k, v in result.items() if k.endswith("_status")) \
+        and all(v == 0 for k, v in result.items() if k.endswith("_lost"))
     return 0 if ok else 1
 
 

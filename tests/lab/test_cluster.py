@@ -26,7 +26,6 @@ order and each starts from the state the previous one left:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -35,17 +34,16 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import pytest
 from apiwriter import ApiWriter
+from faults import vip_holder, wait_for_vip_elsewhere, writes_through_a_fault
 
 from provision import commands
 from provision.errors import BadInput
 from provision.executors import ssh
-from provision.lab import nspawn
 from provision.lab.cleanup import leftovers, sweep
-from provision.names import node_object
 from provision.plan import membership as planner
-from provision.providers.base import say_nothing
 from provision.run.context import ClusterContext
 
 pytestmark = pytest.mark.lab
@@ -481,16 +479,6 @@ def test_each_stage_check_catches_a_real_fault_and_up_repairs_it(lab):
     assert after.status == "ok", f"{sorted(failed_checks(after))}; report {after.report_html}"
 
 
-def vip_holder(c: ClusterContext, skip: str = "") -> str:
-    """The one control-plane node holding the VIP (``skip``: a node cut off or down)."""
-    vip = str(c.inventory.control_plane.virtual_ip)
-    holders = [n.name for n in c.inventory.control_plane_nodes if n.name != skip
-               and f"inet {vip}/" in ssh.run_on_node(c.paths, n.name, "ip -4 -o addr",
-                                                      timeout=20).stdout]
-    assert len(holders) == 1, f"exactly one node must hold the VIP, found {holders}"
-    return holders[0]
-
-
 def etcd_health(c: ClusterContext, from_node: str) -> dict[str, bool]:
     """Every member's health over TLS, asked with the operator client cert (roles/etcd)."""
     from provision.observe.membership import parse_etcd_endpoint_health
@@ -498,28 +486,6 @@ def etcd_health(c: ClusterContext, from_node: str) -> dict[str, bool]:
     proc = ssh.run_on_node(c.paths, from_node, ". /etc/etcd/etcdctl.env; "
                            "etcdctl --command-timeout=3s endpoint health -w json", timeout=60)
     return parse_etcd_endpoint_health(proc.stdout)
-
-
-def writes_through_a_fault(lab: Lab, inject, after: float = 3.0) -> tuple[ApiWriter, float]:
-    """Numbered writes through the VIP (tests/lab/apiwriter.py) from before ``inject()``
-    until ``after`` seconds of writes were acknowledged after it (or 90 s passed); returns
-    the writer, stopped, and the moment of the fault (time.monotonic())."""
-    writer = ApiWriter(ClusterContext.open(lab.inventory).paths.kubeconfig)
-    writer.start()
-    try:
-        time.sleep(2)
-        assert writer.acked(), f"no write acknowledged before the fault: {writer.writes[-1:]}"
-        fault = time.monotonic()
-        inject()
-        deadline = fault + 90
-        while time.monotonic() < deadline:
-            resumed = [w.acked for w in writer.acked() if w.acked > fault]
-            if resumed and resumed[-1] - resumed[0] >= after:
-                break
-            time.sleep(0.5)
-    finally:
-        writer.stop()
-    return writer, fault
 
 
 def assert_no_write_lost(writer: ApiWriter, fault: float, what: str) -> None:
@@ -531,31 +497,15 @@ def assert_no_write_lost(writer: ApiWriter, fault: float, what: str) -> None:
     assert not lost, f"{what}: acknowledged writes lost: {lost}"
 
 
-def wait_for_vip_elsewhere(c: ClusterContext, holder: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(AssertionError):
-            now = vip_holder(c, skip=holder)
-            if now != holder:
-                return now
-        assert time.monotonic() < deadline, f"the VIP did not leave {holder}"
-        time.sleep(1)
-
-
 def test_vip_moves_when_its_holder_crashes(lab):
     """Hard crash of the VIP holder (its init SIGKILLed: no shutdown, no VRRP goodbye):
     the API keeps taking writes through the VIP and no acknowledged write is lost."""
     c = ClusterContext.open(lab.inventory)
-    local = c.providers.get("local")
     holder = vip_holder(c)
     survivor = next(n.name for n in c.inventory.control_plane_nodes if n.name != holder)
-
-    def crash() -> None:
-        nspawn_pid = local.layout(c.inventory, holder).pid()
-        os.kill(nspawn.leader(nspawn_pid), signal.SIGKILL)
-
     try:
-        writer, fault = writes_through_a_fault(lab, crash)
+        writer, fault = writes_through_a_fault(c.paths.kubeconfig,
+                                               lambda: faults.crash(c, holder))
         assert_no_write_lost(writer, fault, f"crash of {holder}")
         assert wait_for_vip_elsewhere(c, holder) != holder
         health = etcd_health(c, survivor)
@@ -564,8 +514,7 @@ def test_vip_moves_when_its_holder_crashes(lab):
         machines = commands.verify(lab.inventory, only="machines")
         assert ("machines", holder, "test_ssh_and_root") in failed_checks(machines)
     finally:
-        local.stop(c.inventory, c.inventory.node(holder))  # what the crash left mounted
-        local.ensure(c.inventory, [c.inventory.node(holder)], say_nothing)
+        faults.recover_crash(c, holder)
     wait_until_verified(lab)
     assert sorted(etcd_health(c, holder).values()) == [True, True, True]
 
@@ -575,19 +524,14 @@ def test_vip_moves_when_the_api_server_dies_on_its_holder(lab):
     killed): keepalived's check script gives up the VIP; writes go on, none lost."""
     c = ClusterContext.open(lab.inventory)
     holder = vip_holder(c)
-    manifest = "/etc/kubernetes/manifests/kube-apiserver.yaml"
-    away = "/etc/kubernetes/kube-apiserver.yaml.away"
-
-    def kill_api_server() -> None:
-        lab.on(holder, f"mv {manifest} {away} && pkill -9 -x kube-apiserver")
-
     try:
-        writer, fault = writes_through_a_fault(lab, kill_api_server)
+        writer, fault = writes_through_a_fault(c.paths.kubeconfig,
+                                               lambda: faults.api_server_death(c, holder))
         assert_no_write_lost(writer, fault, f"API server death on {holder}")
         moved_to = wait_for_vip_elsewhere(c, holder)
         print(f"VIP moved from {holder} to {moved_to} (keepalived's check script)")
     finally:
-        lab.on(holder, f"[ -f {manifest} ] || mv {away} {manifest}")
+        faults.recover_api_server_death(c, holder)
     wait_until_verified(lab)
 
 
@@ -596,14 +540,12 @@ def test_vip_moves_when_its_holder_is_cut_off(lab):
     writes go on, none lost; once the link is back the cluster heals."""
     c = ClusterContext.open(lab.inventory)
     holder = vip_holder(c)
-    link = ["ip", "netns", "exec", node_object(c.inventory.name, holder), "ip", "link", "set",
-            "eth0"]
     try:
-        writer, fault = writes_through_a_fault(
-            lab, lambda: subprocess.run([*link, "down"], check=True))
+        writer, fault = writes_through_a_fault(c.paths.kubeconfig,
+                                               lambda: faults.partition(c, holder))
         assert_no_write_lost(writer, fault, f"partition of {holder}")
     finally:
-        subprocess.run([*link, "up"], check=True)
+        faults.recover_partition(c, holder)
     wait_until_verified(lab)
 
 
