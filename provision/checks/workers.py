@@ -65,6 +65,9 @@ def test_ready_or_waiting_only_for_the_pod_network(host, cluster):
         cni = host.file(CNI_CONFIG).exists
         if "NetworkReady=false" in ready.get("message", "") and not cni:
             return  # waiting for the network stage, as it should
+        # a stopped kubelet turns nothing Ready: no waiting (test_kubelet_active names it)
+        assert host.service("kubelet").is_running, \
+            f"NotReady, and the kubelet is not running: {ready}"
         assert time.monotonic() < deadline, \
             f"NotReady ({'with' if cni else 'without'} a CNI configuration): {ready}"
         time.sleep(3)
