@@ -81,16 +81,22 @@ HAPROXY_UP_WAIT = 20  # haproxy checks every 2 s and needs 2 successes (roles/ap
 def test_haproxy_sees_every_api_server_up(host, cluster, haproxy_servers):
     """Each API server passes haproxy's readyz check from this node (a backend that is
     configured but DOWN gets no traffic: the VIP would serve from fewer nodes)."""
-    wanted = {n["name"] for n in cluster.with_role("control-plane")}
+    port = cluster.get("provision_api_port", 6443)
+    wanted = {n["name"]: f"{n['address']}:{port}" for n in cluster.with_role("control-plane")}
     deadline = time.monotonic() + HAPROXY_UP_WAIT
     while True:
         servers = haproxy_servers(host)
         down = {name: servers.get(name, {}).get("status", "absent") for name in wanted
                 if servers.get(name, {}).get("status") != "UP"}
-        if not down or time.monotonic() > deadline:
+        # a server missing or aimed elsewhere never comes UP as this one: no waiting
+        # (test_haproxy_has_every_api_server of api-lb names the configuration)
+        wrong = {name: servers.get(name, {}).get("addr", "absent") for name in down
+                 if servers.get(name, {}).get("addr") != wanted[name]}
+        if not down or wrong or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert not down, f"haproxy here sees API servers not UP: {down}"
+    assert not down, f"haproxy here sees API servers not UP: {down}" + \
+        (f"; configured at {wrong}, not at the API servers" if wrong else "")
 
 
 def subject_alt_names(host, cert: str) -> set[str]:
