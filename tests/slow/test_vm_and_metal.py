@@ -137,7 +137,9 @@ def test_the_libvirt_provider_makes_vm_1_and_the_os_stage_converges_it(ml: Metal
     assert set(checks) == {"machines", "os"}, set(checks)
     for stage, cs in checks.items():
         assert {c["node"] for c in cs} == {"vm-1"}, (stage, cs)
-        assert cs and all(c["outcome"] == "passed" for c in cs), (stage, cs)
+        # passed, or skipped as not for this kind of machine (a lab machine's check)
+        assert any(c["outcome"] == "passed" for c in cs), (stage, cs)
+        assert not [c for c in cs if c["outcome"] == "failed"], (stage, cs)
 
 def test_vm_is_what_the_inventory_says(ml: MetalLab) -> None:
     out = ml.ssh(
