@@ -71,11 +71,16 @@ def test_create_three_machines_reachable_with_strict_ssh(lab_cluster):
             (cpu / "cpu.cfs_period_us").read_text())
 
     for node in inv.nodes:
+        # is-system-running exits 1 unless "running": the output says what it is
         out = lab_cluster.ssh(node.name, "hostname; ip -4 -o addr show eth0; "
-                              "systemctl is-system-running --wait").stdout
+                              "systemctl is-system-running --wait", check=False).stdout
         assert out.splitlines()[0] == node.name
         assert f"inet {node.address}/24" in out
-        assert out.splitlines()[-1] == "running", out
+        # "degraded" names no unit: the failed ones and their logs say which and why
+        failed = "" if out.splitlines()[-1] == "running" else lab_cluster.ssh(
+            node.name, "systemctl --failed --no-legend --plain; "
+                       "journalctl -b --no-pager -p err -n 30", check=False).stdout
+        assert out.splitlines()[-1] == "running", f"{out}\nfailed units and errors:\n{failed}"
 
 
 def test_node_is_ready_for_containerd_and_kubelet(lab_cluster):
