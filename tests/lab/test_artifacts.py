@@ -31,9 +31,10 @@ def _ip(*args: str) -> None:
 def namespaces():
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
+    # installed by `make deps` (HOST_PACKAGES): a missing one is a broken install
     for tool in ("ip", "nginx", "docker-registry", "curl"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            pytest.skip(f"needs {tool}")
+            pytest.fail(f"{tool} is missing: `make deps` installs it")
     pid = os.getpid()
     srv, cli = f"pvart-{pid}-srv", f"pvart-{pid}-cli"
     veth_s, veth_c = f"pva{pid % 100000}s", f"pva{pid % 100000}c"
