@@ -15,8 +15,9 @@ order and each starts from the state the previous one left:
 3. the VIP holder crashed, its API server killed, its link cut: a writer through the VIP
    (tests/lab/apiwriter.py) measures the longest gap from the fault and reads back every
    acknowledged write;
-4. workers 2 -> 3 -> 1 by the pool count (the `up` removing two killed as the first
-   one's reset begins, after its drain, then resumed); cp-3 replaced by cp-4 in one edit under the
+4. workers 2 -> 3 -> 1 by the pool count (the `up` removing two killed during the
+   first one's drain, held by a PodDisruptionBudget, and again as its reset begins,
+   then resumed); cp-3 replaced by cp-4 in one edit under the
    writer, the `up` killed once cp-4 is an added but unstarted etcd member and again
    between cp-3's drain and its etcd member removal, then resumed; unsafe edits
    refused; backup under the writer and restore, killed while the members restore and
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faults
@@ -180,15 +182,26 @@ AFTER_REPLACE = _without(BASE.replace("count: 2", "count: 1"), "cp-3").replace(
 
 
 def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
-                  delay: float = 0.0, on_host: str = "", timeout: float = 1500,
-                  command: tuple[str, ...] = ("up",)) -> str:
+                  on_host: str = "", timeout: float = 1500,
+                  command: tuple[str, ...] = ("up",),
+                  reached: Callable[[], bool] | None = None) -> str:
     """Start `provision up` (or ``command``) and SIGKILL it (its whole process group:
-    ansible, ssh) ``delay`` seconds after ``task`` of ``stage`` starts (on ``host``),
-    or, with ``on_host``, once that script has run to its end on ``host`` (returns its
-    output)."""
+    ansible, ssh) as soon as ``task`` of ``stage`` starts (on ``host``), or, with
+    ``on_host``, once that script has run to its end on ``host`` (returns its output).
+    ``reached`` replaces the task's start for work that is not an Ansible task (then
+    ``stage`` and ``task`` only name it)."""
     said = ""
     runs = lab.state / "clusters" / NAME / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
+
+    def task_started() -> bool:
+        new = sorted(set(runs.iterdir()) - before) if runs.exists() else []
+        events = new[-1] / "events.jsonl" if new else None
+        return bool(events and events.exists() and any(
+            e.get("stage") == stage and e.get("task") == task
+            and e.get("event") == "runner_on_start" and host in (None, e.get("host"))
+            for e in map(json.loads, events.read_text().splitlines())))
+
     output = lab.base / f"killed-up-{stage}.log"
     with output.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "provision.cli", command[0], "-i",
@@ -202,16 +215,10 @@ def _kill_up_when(lab: Lab, stage: str, task: str, host: str | None = None,
                 f"{command[0]} ended (rc {proc.returncode}) before {stage}/{task}; "
                 "its output ends:\n"
                 + "\n".join(output.read_text().splitlines()[-40:]))
-            new = sorted(set(runs.iterdir()) - before) if runs.exists() else []
-            events = new[-1] / "events.jsonl" if new else None
-            if events and events.exists() and any(
-                    e.get("stage") == stage and e.get("task") == task
-                    and e.get("event") == "runner_on_start" and host in (None, e.get("host"))
-                    for e in map(json.loads, events.read_text().splitlines())):
+            if (reached or task_started)():
                 if on_host:
                     assert host, "on_host needs host"
                     said = lab.on(host, on_host)
-                time.sleep(delay)
                 break
             time.sleep(0.5)
         else:
@@ -234,6 +241,13 @@ END_KUBEADM_ONCE_THE_KUBELET_RUNS = (
     "for i in $(seq 3000); do [ -f /var/lib/kubelet/config.yaml ] && "
     "systemctl is-active -q kubelet && break; sleep 0.1; done; "
     "pkill -9 -x kubeadm && echo 'kubeadm killed' || echo 'kubeadm had ended'")
+
+
+# A worker's join takes a few seconds here; waiting a fixed delay after the task starts
+# once let a worker run through its whole stage before the kill. Kill while kubeadm runs.
+ONCE_KUBEADM_JOIN_RUNS = (
+    "for i in $(seq 600); do pgrep -f '^kubeadm join' >/dev/null && "
+    "echo 'kubeadm running' && exit 0; sleep 0.05; done; echo 'kubeadm never seen'")
 
 
 def _registered_labels(lab: Lab, node: str, timeout: float = 300) -> str:
@@ -264,11 +278,16 @@ def test_a_killed_up_resumes_at_three_points(lab):
     # the half-joined state the next up must recognise: a Node, not (yet) control plane
     labels = _registered_labels(lab, "cp-2")
     assert "node-role.kubernetes.io/control-plane" not in labels, labels
-    _kill_up_when(lab, "workers", "kubeadm join", delay=3)
-    # the control plane whole (the half-join resumed), no worker through its stage
-    assert all("control-plane" in lab.markers(n) for n in ("cp-1", "cp-2", "cp-3"))
-    assert not any("workers" in lab.markers(n) for n in ("worker-1", "worker-2"))
+    said = _kill_up_when(lab, "workers", "kubeadm join", host="worker-1",
+                         on_host=ONCE_KUBEADM_JOIN_RUNS)
+    # the control plane whole (the half-join resumed), no worker through its stage; the
+    # state is read now and asserted after the resumed up, which the tests after this one
+    # need whatever this one finds
+    cps_whole = all("control-plane" in lab.markers(n) for n in ("cp-1", "cp-2", "cp-3"))
+    workers_through = [n for n in ("worker-1", "worker-2") if "workers" in lab.markers(n)]
     summary = lab.up()
+    assert said.strip() == "kubeadm running", f"up was not killed during the join: {said}"
+    assert cps_whole and not workers_through, workers_through
     print(f"resumed up: {summary.duration:.0f}s")
     report = json.loads((Path(summary.record_dir) / "report.json").read_text())
     checks = [c for s in report["stages"] for c in s["checks"]]
@@ -570,13 +589,60 @@ def test_workers_scale_out_by_pool_count(lab):
     assert lab.nodes()["worker-3"] is True
 
 
+ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
+
+
+def _held_on(lab: Lab, node: str) -> str:
+    """A Deployment of one pod on ``node`` (the sandbox image: the one image every node
+    has) and a PodDisruptionBudget that allows none of its pods to be evicted."""
+    config = lab.on(node, "cat /etc/containerd/config.toml")
+    image = config.split('sandbox_image = "', 1)[1].split('"', 1)[0]
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: held, namespace: default}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: held}}}}
+  template:
+    metadata: {{labels: {{app: held}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers: [{{name: held, image: "{image}"}}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: held, namespace: default}}
+spec:
+  minAvailable: 1
+  selector: {{matchLabels: {{app: held}}}}"""
+
+
 def test_workers_scale_in_by_pool_count(lab):
     lab.write(BASE.replace("count: 2", "count: 1"))
     plan = lab.plan()
     assert plan.ok and plan.kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-3"),
                                         (planner.DRAIN_AND_REMOVE_WORKER, "worker-2")]
-    # Killed as worker-3's reset begins: drained and its Node deleted, its machine still
-    # there. The next plan, from what the machines and the cluster say: release it.
+    # Killed during worker-3's drain, held there by a PodDisruptionBudget that allows no
+    # eviction of the one pod it guards on worker-3: the Node cordoned, the pod still
+    # there, the plan unchanged.
+    lab.on("cp-1", f"{ADMIN_KUBECTL} apply -f - <<'EOF'\n{_held_on(lab, 'worker-3')}\nEOF")
+    lab.on("cp-1", f"{ADMIN_KUBECTL} rollout status deployment/held --timeout=120s")
+    _kill_up_when(lab, "drain-and-remove-worker", "drain worker-3",
+                  reached=lambda: lab.on("cp-1", "pgrep -f '[d]rain worker-3' >/dev/null "
+                                                 "&& echo draining; true").strip() == "draining")
+    node = json.loads(lab.on("cp-1", f"{ADMIN_KUBECTL} get node worker-3 -o json"))
+    assert node["spec"].get("unschedulable") is True, "worker-3 not cordoned"
+    pods = lab.on("cp-1", f"{ADMIN_KUBECTL} get pods -l app=held "
+                          "-o jsonpath='{.items[*].spec.nodeName}'")
+    assert pods.split() == ["worker-3"], pods
+    assert lab.plan().kinds() == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-3"),
+                                  (planner.DRAIN_AND_REMOVE_WORKER, "worker-2")]
+    # the operator lifts the budget; the next up is killed as worker-3's reset begins:
+    # drained and its Node deleted, its machine still there. The next plan, from what
+    # the machines and the cluster say: release it.
+    lab.on("cp-1", f"{ADMIN_KUBECTL} delete pdb held && "
+                   f"{ADMIN_KUBECTL} delete deployment held")
     _kill_up_when(lab, "reset", "kubeadm reset", host="worker-3")
     assert "worker-3" not in lab.nodes() and "worker-3" in lab.machines()
     assert sorted(lab.plan().kinds()) == [(planner.DRAIN_AND_REMOVE_WORKER, "worker-2"),
