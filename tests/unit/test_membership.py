@@ -166,6 +166,28 @@ def test_force_drain_skips_the_eviction_api(world):
     assert any("drain worker-2" in s and "--disable-eviction --force" in s for s in scripts(w))
 
 
+@pytest.mark.parametrize("failing", ["cordon", "drain"])
+def test_a_failed_drain_never_deletes_the_node(world, tmp_path, failing):
+    """The drain script as a shell runs it, with a kubectl that fails at ``failing``
+    (a PodDisruptionBudget past the timeout, a session cut by a killed run): the
+    script fails and the Node is not deleted with its pods."""
+    w = world(workers=1, machines=("worker-2",))
+    run_steps(w.ctx, after_stages(planner.plan_changes(
+        w.inv, cluster(workers=("worker-1", "worker-2")))))
+    (script,) = [s for s in scripts(w, "cp-1") if "drain worker-2" in s]
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    log = tmp_path / "kubectl.log"
+    (stub / "kubectl").write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n"
+                                  f"case \"$*\" in *\" {failing} \"*) exit 1 ;; esac\n")
+    (stub / "kubectl").chmod(0o755)
+    proc = subprocess.run(["bash", "-c", script], env={"PATH": f"{stub}:/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    calls = log.read_text()
+    assert proc.returncode != 0 and f" {failing} worker-2" in calls
+    assert "delete node" not in calls, calls
+
+
 def test_a_failed_drain_names_the_node_and_the_way_out(world):
     w = world(workers=1, machines=("worker-2",), answers={"drain worker-2": 1})
     plan = planner.plan_changes(w.inv, cluster(workers=("worker-1", "worker-2")))

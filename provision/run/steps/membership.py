@@ -84,7 +84,10 @@ def drain_and_delete(ctx: RunContext, step: str, name: str) -> None:
     if ctx.options.force_drain:
         # skip the eviction API (and so PodDisruptionBudgets); delete bare pods too
         drain += " --disable-eviction --force"
-    script = (f"if ! {KUBECTL} get node {node} >/dev/null 2>&1; then exit 0; fi\n"
+    # set -e: a drain that fails, times out on a PodDisruptionBudget or dies with a
+    # killed run's session must never go on to delete the Node with its pods
+    script = ("set -e\n"
+              f"if ! {KUBECTL} get node {node} >/dev/null 2>&1; then exit 0; fi\n"
               f"{KUBECTL} cordon {node}\n"
               f"{drain}\n"
               f"{KUBECTL} delete node {node} --ignore-not-found")
