@@ -628,9 +628,11 @@ def test_workers_scale_in_by_pool_count(lab):
     # there, the plan unchanged.
     lab.on("cp-1", f"{ADMIN_KUBECTL} apply -f - <<'EOF'\n{_held_on(lab, 'worker-3')}\nEOF")
     lab.on("cp-1", f"{ADMIN_KUBECTL} rollout status deployment/held --timeout=120s")
+    # kubectl drain itself (the script that runs it names it too, before its cordon)
     _kill_up_when(lab, "drain-and-remove-worker", "drain worker-3",
-                  reached=lambda: lab.on("cp-1", "pgrep -f '[d]rain worker-3' >/dev/null "
-                                                 "&& echo draining; true").strip() == "draining")
+                  reached=lambda: lab.on("cp-1", "pgrep -f '^kubectl .* drain worker-3 ' "
+                                                 ">/dev/null && echo draining; true").strip()
+                  == "draining")
     node = json.loads(lab.on("cp-1", f"{ADMIN_KUBECTL} get node worker-3 -o json"))
     assert node["spec"].get("unschedulable") is True, "worker-3 not cordoned"
     pods = lab.on("cp-1", f"{ADMIN_KUBECTL} get pods -l app=held "
