@@ -1,4 +1,5 @@
-"""The cluster's etcd PKI, made on the provisioner (never on a node).
+"""The cluster's etcd PKI and the key that encrypts Secrets at rest, made on the
+provisioner (never on a node).
 
 Layout under ``pki_dir/etcd``::
 
@@ -14,16 +15,25 @@ by the current CA, carries exactly the names and addresses wanted and has more t
 ``RENEW_BEFORE`` left; otherwise it is re-issued (with its existing key). The CA is
 never replaced while its files exist: replacing it would cut every member off.
 
-CLI (used by the etcd role through a local action)::
+``pki_dir/encryption-config.yaml`` is the API servers' EncryptionConfiguration: one
+secretbox key (XSalsa20-Poly1305, 32 random bytes) for Secrets, made once and kept,
+then identity so that Secrets written before encryption was on stay readable. Every
+control-plane node gets the same file (roles/control_plane); an etcd snapshot then
+holds Secrets encrypted, and restoring one needs this key (it stays in the state).
+
+CLI (used by the etcd and control_plane roles through a local action)::
 
     python -m provision.pki etcd PKI_DIR NAME=ADDRESS [NAME=ADDRESS ...]
+    python -m provision.pki encryption PKI_DIR
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provision.paths import write_secret
+from provision import secrets
+from provision.paths import private_dir, write_secret
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -235,9 +246,47 @@ def ensure_etcd_pki(pki_dir: Path | str, members: list[tuple[str, str]]) -> Etcd
     return pki
 
 
+ENCRYPTION_CONFIG = "encryption-config.yaml"
+ENCRYPTION_PREFIX = "k8s:enc:secretbox:v1:key1:"  # how an encrypted Secret starts in etcd
+
+
+def ensure_encryption_config(pki_dir: Path | str) -> tuple[Path, bool]:
+    """The EncryptionConfiguration (made once, then kept: a new key would leave every
+    Secret unreadable) and whether it was made now. Its key is registered for
+    redaction either way."""
+    path = private_dir(Path(pki_dir)) / ENCRYPTION_CONFIG
+    if path.exists():
+        secrets.register(path.read_text())  # its key: a long random-looking run
+        return path, False
+    key = base64.b64encode(os.urandom(32)).decode()
+    write_secret(path, f"""\
+# Managed by provision (provision/pki.py): Secrets encrypted at rest. Keep this key:
+# without it no Secret in etcd, or in a snapshot of it, can be read.
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - secretbox:
+          keys:
+            - name: key1
+              secret: {key}
+      - identity: {{}}
+""")
+    return path, True
+
+
+USAGE = ("usage: python -m provision.pki etcd PKI_DIR NAME=ADDRESS ...\n"
+         "       python -m provision.pki encryption PKI_DIR")
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "encryption":
+        path, made = ensure_encryption_config(argv[1])
+        print(json.dumps({"changed": made, "path": str(path)}))  # never the key
+        return 0
     if len(argv) < 2 or argv[0] != "etcd":
-        print("usage: python -m provision.pki etcd PKI_DIR NAME=ADDRESS ...", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     members = []
     for item in argv[2:]:

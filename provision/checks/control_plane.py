@@ -1,13 +1,17 @@
 """control-plane stage: every API server ready and serving the cluster CA's certificate
 (directly and through the VIP), the node labelled and tainted as a control-plane node,
 scheduler and controller-manager running here with live leaders, haproxy seeing every
-API server up, certificates carrying the right names and not expired."""
+API server up, certificates carrying the right names and not expired, Secrets
+encrypted at rest."""
 
+import base64
 import json
+import shlex
 import time
 from datetime import datetime
 
 from provision import nodefacts
+from provision.pki import ENCRYPTION_PREFIX
 
 KUBECTL = f"kubectl --kubeconfig {nodefacts.ADMIN_KUBECONFIG}"
 CA = f"{nodefacts.KUBERNETES_PKI_DIR}/ca.crt"
@@ -129,6 +133,46 @@ def test_external_etcd(host, cluster):
     for n in cluster.etcd_members:
         assert nodefacts.etcd_client_url(n["address"]) in manifest
     assert not host.file(f"{nodefacts.STATIC_POD_DIR}/etcd.yaml").exists
+
+
+def etcd_value(host, members: list[dict], key: str) -> bytes:
+    """The raw value of ``key`` in etcd, as the API server stored it, read over etcd's
+    JSON gateway with the API server's own client certificate (a control-plane node
+    need not be an etcd member, nor have etcdctl); from the first member that answers."""
+    pki = nodefacts.KUBERNETES_PKI_DIR  # the file names are kubeadm's for external etcd
+    body = shlex.quote(json.dumps({"key": base64.b64encode(key.encode()).decode()}))
+    errors = []
+    for member in members:
+        out = host.run(f"curl -sS --fail --max-time 5 --cacert {pki}/etcd/ca.crt "
+                       f"--cert {pki}/apiserver-etcd-client.crt "
+                       f"--key {pki}/apiserver-etcd-client.key "
+                       f"{nodefacts.etcd_client_url(member['address'])}/v3/kv/range -d {body}")
+        if out.rc == 0:
+            kvs = json.loads(out.stdout).get("kvs", [])
+            assert kvs, f"{key} not in etcd"
+            return base64.b64decode(kvs[0]["value"])
+        errors.append(f"{member['name']}: {out.stderr.strip()}")
+    raise AssertionError(f"no etcd member answers: {'; '.join(errors)}")
+
+
+def test_secrets_encrypted_at_rest(host, cluster):
+    """A Secret written through this node's API server is stored in etcd encrypted with
+    the cluster's key (provision/pki.py): an API server started without its encryption
+    configuration stores Secrets in plain text."""
+    node = cluster["node"]
+    kubectl = (f"{KUBECTL} --server https://{node['address']}:"
+               f"{cluster.get('provision_api_port', 6443)} -n kube-system")
+    name = f"provision-check-{node['name']}"
+    host.run(f"{kubectl} delete secret {name} --ignore-not-found")
+    out = host.run(f"{kubectl} create secret generic {name} --from-literal=probe=check")
+    assert out.rc == 0, out.stderr
+    try:
+        raw = etcd_value(host, cluster.etcd_members, f"/registry/secrets/kube-system/{name}")
+        assert raw.startswith(ENCRYPTION_PREFIX.encode()), (
+            f"stored unencrypted (it starts {raw[:12]!r}): is the API server's "
+            "--encryption-provider-config in place?")
+    finally:
+        host.run(f"{kubectl} delete secret {name} --ignore-not-found")
 
 
 def test_node_registered(host, cluster):

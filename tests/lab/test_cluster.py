@@ -364,12 +364,20 @@ def test_no_secret_in_the_state_directory(lab):
         data = user["user"]["client-key-data"]
         keys |= {data[:40], data[-40:]} | key_needles(base64.b64decode(data).decode())
     assert len(keys) >= 2 * (1 + 3 + 3 * 4), f"too few keys found: {len(keys)}"
+    # the key that encrypts Secrets at rest, as the provisioner keeps it and as a node has it
+    encryption = paths.pki_dir / "encryption-config.yaml"
+    secretbox = {re.search(r"secret: (\S{44})", text).group(1)
+                 for text in (encryption.read_text(),
+                              lab.on("cp-2", "cat /etc/kubernetes/encryption/config.yaml"))}
+    assert len(secretbox) == 1, "the control-plane nodes hold another key"
+    keys |= secretbox
     needles = {n.encode(): what for what, group in
                (("bootstrap token", tokens), ("private key", keys),
                 ("BMC password", {SENTINEL})) for n in group}
 
     # the files that hold secrets by design; everything else is searched
-    allowed = {paths.ssh_private_key, paths.kubeconfig, *paths.pki_dir.rglob("*.key"),
+    allowed = {paths.ssh_private_key, paths.kubeconfig, encryption,
+               *paths.pki_dir.rglob("*.key"),
                *paths.runs_dir.glob("*/etcd-snapshot.db")}  # a backup holds every Secret
     disks = set()  # a lab machine's disk holds that node's keys, as any disk would
     for node_dir in paths.machines_dir.iterdir():
@@ -456,6 +464,8 @@ FAULTS = [
      " && systemctl reload haproxy"),
     ("control-plane", "cp-2", "test_labelled_and_tainted_as_control_plane", "cp-1",
      f"{ADMIN_KUBECTL} taint node cp-2 node-role.kubernetes.io/control-plane:NoSchedule-"),
+    ("control-plane", "cp-3", "test_secrets_encrypted_at_rest", "cp-3",
+     "sed -i '/--encryption-provider-config=/d' /etc/kubernetes/manifests/kube-apiserver.yaml"),
     ("workers", "worker-1", "test_kubelet_active", "worker-1", "systemctl stop kubelet"),
     ("network", "cp-1", "test_coredns_available", "cp-1",
      f"{ADMIN_KUBECTL} -n kube-system scale deployment coredns --replicas=0"),
@@ -587,9 +597,6 @@ def test_workers_scale_out_by_pool_count(lab):
     summary = lab.up()
     print(f"add one worker: {summary.duration:.0f}s")
     assert lab.nodes()["worker-3"] is True
-
-
-ADMIN_KUBECTL = "kubectl --kubeconfig /etc/kubernetes/admin.conf"
 
 
 def _held_on(lab: Lab, node: str) -> str:

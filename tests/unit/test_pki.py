@@ -146,3 +146,34 @@ def test_ipv6_member_address(tmp_path):
     made = ensure_etcd_pki(tmp_path, [("cp-1", "fd00::11")])
     _, ips = sans(load(made.members["cp-1"].peer_cert))
     assert ips == {str(ipaddress.ip_address("fd00::11"))}
+
+
+def test_encryption_config_is_made_once_private_and_its_key_redacted(tmp_path, capsys):
+    import base64
+
+    import yaml
+
+    from provision import secrets
+
+    assert pki_mod.main(["encryption", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / pki_mod.ENCRYPTION_CONFIG
+    assert json.loads(out) == {"changed": True, "path": str(path)}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    config = yaml.safe_load(path.read_text())
+    assert config["kind"] == "EncryptionConfiguration"
+    (entry,) = config["resources"]
+    assert entry["resources"] == ["secrets"]
+    # secretbox first (what new writes use), identity last (Secrets written before)
+    first, last = entry["providers"]
+    assert last == {"identity": {}}
+    (key,) = first["secretbox"]["keys"]
+    assert key["name"] == "key1" and len(base64.b64decode(key["secret"])) == 32
+    assert f"k8s:enc:secretbox:v1:{key['name']}:" == pki_mod.ENCRYPTION_PREFIX
+    assert key["secret"] not in out and key["secret"] in secrets.known()
+    # kept: a new key would leave every Secret in etcd unreadable
+    before = path.read_bytes()
+    assert pki_mod.main(["encryption", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False
+    assert path.read_bytes() == before
+    assert pki_mod.main(["encryption"]) == 2

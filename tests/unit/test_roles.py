@@ -149,7 +149,8 @@ def test_both_joins_share_one_undo_token_and_template(role):
     """control_plane and worker undo a stopped join, get their token and write their
     JoinConfiguration with common's task files and template; neither has its own."""
     included = {i["tasks_from"] for i in includes_of(role) if i["name"] == "common"}
-    assert included == {"join_undo", "join_config"}
+    assert {"join_undo", "join_config"} <= included
+    assert included - {"join_undo", "join_config"} <= {"provisioner_pki"}
     assert not (ROLES / role / "templates" / "kubeadm-join.yaml.j2").exists()
     commands = json.dumps([t.get(m) for t in all_tasks(role)
                            for m in ("ansible.builtin.command", "ansible.builtin.shell")])
@@ -304,6 +305,8 @@ def test_kubeadm_init_config(container):
         cp_service_cidr="10.96.0.0/12", cp_cluster_domain="cluster.local",
         cp_etcd_group="etcd", cp_etcd_client_port=2379,
         cp_cert_sans=["10.250.0.10", "127.0.0.1", "cp-1", "cp-2", "cp-3"],
+        cp_encryption_dir="/etc/kubernetes/encryption",
+        cp_encryption_config="/etc/kubernetes/encryption/config.yaml",
         kubelet_in_container=container)
     docs = {d["kind"]: d for d in yaml.safe_load_all(out)}
     init, cluster = docs["InitConfiguration"], docs["ClusterConfiguration"]
@@ -320,6 +323,16 @@ def test_kubeadm_init_config(container):
     assert "KubeletConfiguration" not in docs
     proxy = docs["KubeProxyConfiguration"]
     assert (proxy.get("conntrack", {}).get("maxPerCore") == 0) == container
+    # hardening: Secrets encrypted at rest (its directory mounted read-only), no profiling
+    api = cluster["apiServer"]
+    flags = {a["name"]: a["value"] for a in api["extraArgs"]}
+    assert flags == {"encryption-provider-config": "/etc/kubernetes/encryption/config.yaml",
+                     "profiling": "false"}
+    assert api["extraVolumes"] == [{
+        "name": "encryption", "hostPath": "/etc/kubernetes/encryption",
+        "mountPath": "/etc/kubernetes/encryption", "readOnly": True, "pathType": "Directory"}]
+    for component in ("controllerManager", "scheduler"):
+        assert {"name": "profiling", "value": "false"} in cluster[component]["extraArgs"]
 
 
 @pytest.mark.parametrize("container,v1", [(True, True), (False, False)])
@@ -497,23 +510,28 @@ def test_remove_member_wants_a_hex_id(tmp_path, member_id):
 
 @pytest.mark.parametrize("layout", ["checkout", "wheel"])
 def test_pki_runs_with_the_package_the_roles_belong_to(tmp_path, layout):
-    """etcd_provision_src (PYTHONPATH of `python -m provision.pki`): the checkout that
-    holds roles/, or the site-packages directory of an installed wheel, whose roles are
-    provision/data/roles."""
+    """common's provisioner_pki runs `python -m provision.pki` from the checkout that
+    holds roles/, or from the site-packages directory of an installed wheel, whose
+    roles are provision/data/roles; once per play, on the provisioner."""
     top = tmp_path / layout
     package = top / "provision"
     roles = top / "roles" if layout == "checkout" else package / "data" / "roles"
     shutil.copytree(ROLES, roles)
     package.mkdir(exist_ok=True)
-    (package / "pki.py").write_text("")
-    (roles / "etcd" / "tasks" / "show_src.yml").write_text(yaml.safe_dump([
-        {"name": "src", "ansible.builtin.debug": {"msg": "src={{ etcd_provision_src }}"}}]))
+    (package / "pki.py").write_text(  # stands in for provision.pki: says where it is
+        "import json, sys\n"
+        "print(json.dumps({'changed': True, 'file': __file__, 'args': sys.argv[1:]}))\n")
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "show", "ansible.builtin.include_role": {"name": "etcd",
-                                                          "tasks_from": "show_src"}}]}]
+        {"name": "pki", "ansible.builtin.include_role": {"name": "common",
+                                                         "tasks_from": "provisioner_pki"},
+         "vars": {"common_pki_args": ["encryption", str(tmp_path / "pki")]}},
+        {"name": "keep", "ansible.builtin.copy": {"content": "{{ common_pki.stdout }}",
+                                                  "dest": str(tmp_path / "said.json")}}]}]
     proc = ansible_playbook(tmp_path, play, roles=roles)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f'"msg": "src={top}"' in proc.stdout
+    assert json.loads((tmp_path / "said.json").read_text()) == {
+        "changed": True, "file": str(package / "pki.py"),
+        "args": ["encryption", str(tmp_path / "pki")]}
 
 
 FAKE_KUBEADM = """#!/bin/sh
