@@ -92,6 +92,7 @@ KUBERNETES_PKI_DIR: str = _FILE.text("kubernetes_pki_dir")
 STATIC_POD_DIR: str = _FILE.text("static_pod_dir")
 # written by kubeadm init/join --control-plane before the kubelet registers the Node
 API_SERVER_MANIFEST: str = _FILE.text("api_server_manifest")
+API_AUDIT_LOG: str = _FILE.text("api_audit_log")
 CRI_SOCKET: str = _FILE.text("cri_socket")
 KUBEADM_CONFIG_DIR: str = _FILE.text("kubeadm_config_dir")
 # etcd

@@ -2,7 +2,7 @@
 (directly and through the VIP), the node labelled and tainted as a control-plane node,
 scheduler and controller-manager running here with live leaders, haproxy seeing every
 API server up, certificates carrying the right names and not expired, Secrets
-encrypted at rest."""
+encrypted at rest, requests audited."""
 
 import base64
 import json
@@ -155,14 +155,18 @@ def etcd_value(host, members: list[dict], key: str) -> bytes:
     raise AssertionError(f"no etcd member answers: {'; '.join(errors)}")
 
 
+def kubectl_here(cluster) -> str:
+    """kubectl with the admin credentials, to this node's own API server."""
+    return (f"{KUBECTL} --server https://{cluster['node']['address']}:"
+            f"{cluster.get('provision_api_port', 6443)} -n kube-system")
+
+
 def test_secrets_encrypted_at_rest(host, cluster):
     """A Secret written through this node's API server is stored in etcd encrypted with
     the cluster's key (provision/pki.py): an API server started without its encryption
     configuration stores Secrets in plain text."""
-    node = cluster["node"]
-    kubectl = (f"{KUBECTL} --server https://{node['address']}:"
-               f"{cluster.get('provision_api_port', 6443)} -n kube-system")
-    name = f"provision-check-{node['name']}"
+    kubectl = kubectl_here(cluster)
+    name = f"provision-check-{cluster['node']['name']}"
     host.run(f"{kubectl} delete secret {name} --ignore-not-found")
     out = host.run(f"{kubectl} create secret generic {name} --from-literal=probe=check")
     assert out.rc == 0, out.stderr
@@ -173,6 +177,21 @@ def test_secrets_encrypted_at_rest(host, cluster):
             "--encryption-provider-config in place?")
     finally:
         host.run(f"{kubectl} delete secret {name} --ignore-not-found")
+
+
+def test_requests_are_audited(host, cluster):
+    """A request to this node's API server is in its audit log (the policy keeps reads
+    of ConfigMaps as metadata): an API server without --audit-log-path logs nothing."""
+    probe = f"provision-audit-probe-{time.time_ns()}"
+    out = host.run(f"{kubectl_here(cluster)} get configmap {probe}")
+    assert "NotFound" in out.stderr, out.stderr  # asked and answered, so audited
+    needle = shlex.quote(f'"name":"{probe}"')
+    for _ in range(10):  # the log backend writes each event as it is answered
+        if host.run(f"grep -qF {needle} {nodefacts.API_AUDIT_LOG}").rc == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the request for configmap {probe} is not in "
+                         f"{nodefacts.API_AUDIT_LOG}: is --audit-log-path in place?")
 
 
 def test_node_registered(host, cluster):

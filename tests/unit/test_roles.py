@@ -307,6 +307,9 @@ def test_kubeadm_init_config(container):
         cp_cert_sans=["10.250.0.10", "127.0.0.1", "cp-1", "cp-2", "cp-3"],
         cp_encryption_dir="/etc/kubernetes/encryption",
         cp_encryption_config="/etc/kubernetes/encryption/config.yaml",
+        cp_audit_dir="/etc/kubernetes/audit", cp_audit_log_dir="/var/log/kubernetes/audit",
+        common_api_audit_log="/var/log/kubernetes/audit/audit.log",
+        cp_audit_log_maxage=30, cp_audit_log_maxbackup=10, cp_audit_log_maxsize=100,
         kubelet_in_container=container)
     docs = {d["kind"]: d for d in yaml.safe_load_all(out)}
     init, cluster = docs["InitConfiguration"], docs["ClusterConfiguration"]
@@ -327,10 +330,16 @@ def test_kubeadm_init_config(container):
     api = cluster["apiServer"]
     flags = {a["name"]: a["value"] for a in api["extraArgs"]}
     assert flags == {"encryption-provider-config": "/etc/kubernetes/encryption/config.yaml",
-                     "profiling": "false"}
-    assert api["extraVolumes"] == [{
-        "name": "encryption", "hostPath": "/etc/kubernetes/encryption",
-        "mountPath": "/etc/kubernetes/encryption", "readOnly": True, "pathType": "Directory"}]
+                     "profiling": "false", "audit-policy-file": "/etc/kubernetes/audit/policy.yaml",
+                     "audit-log-path": "/var/log/kubernetes/audit/audit.log",
+                     "audit-log-maxage": "30", "audit-log-maxbackup": "10",
+                     "audit-log-maxsize": "100", "service-account-extend-token-expiration": "false"}
+    mounts = {v["name"]: (v["hostPath"], v["mountPath"], v["readOnly"])
+              for v in api["extraVolumes"]}
+    assert mounts == {
+        "encryption": ("/etc/kubernetes/encryption", "/etc/kubernetes/encryption", True),
+        "audit-policy": ("/etc/kubernetes/audit", "/etc/kubernetes/audit", True),
+        "audit-log": ("/var/log/kubernetes/audit", "/var/log/kubernetes/audit", False)}
     for component in ("controllerManager", "scheduler"):
         assert {"name": "profiling", "value": "false"} in cluster[component]["extraArgs"]
 
@@ -575,3 +584,17 @@ def test_join_config_writes_a_private_join_file_and_logs_no_token(tmp_path, cont
     assert ("controlPlane" in join) == control_plane
     if control_plane:
         assert join["controlPlane"]["certificateKey"] == "12" * 32
+
+
+def test_the_audit_policy_never_records_a_secrets_body():
+    """The first matching rule decides: every rule that could record request bodies
+    (Request, RequestResponse) comes after the rule that keeps Secrets, ConfigMaps and
+    token requests at Metadata."""
+    policy = load(ROLES / "control_plane" / "files" / "audit-policy.yaml")
+    assert policy["kind"] == "Policy" and policy["omitStages"] == ["RequestReceived"]
+    levels = [rule["level"] for rule in policy["rules"]]
+    keep = next(i for i, rule in enumerate(policy["rules"])
+                if any("secrets" in r.get("resources", []) for r in rule.get("resources", [])))
+    assert levels[keep] == "Metadata"
+    assert all(level in ("None", "Metadata") for level in levels[:keep])
+    assert policy["rules"][-1] == {"level": "Metadata"}  # anything else: who, not what
