@@ -60,7 +60,9 @@ class MemoryPeak:
 
 
 def stage_seconds(summary: object) -> dict[str, float]:
-    """Wall time of each stage a run started (its report.json)."""
+    """Wall time of each stage a run started (its report.json): from its first start to
+    its last end, so a stage that runs twice in one `up` (a replace converges the
+    load balancers again after the new node joined) spans the work between."""
     report = json.loads((Path(summary.record_dir) / "report.json").read_text())  # type: ignore[attr-defined]
     return {s["name"]: round((s["finished"] or 0) - (s["started"] or 0), 1)
             for s in report["stages"] if s.get("started")}
