@@ -43,7 +43,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provision import secrets
 from provision.paths import private_dir, write_secret
 
 CA_DAYS = 3650
@@ -252,11 +251,10 @@ ENCRYPTION_PREFIX = "k8s:enc:secretbox:v1:key1:"  # how an encrypted Secret star
 
 def ensure_encryption_config(pki_dir: Path | str) -> tuple[Path, bool]:
     """The EncryptionConfiguration (made once, then kept: a new key would leave every
-    Secret unreadable) and whether it was made now. Its key is registered for
-    redaction either way."""
+    Secret unreadable) and whether it was made now. The key goes into that file only:
+    the CLI prints the path, and roles/control_plane copies the file with no_log."""
     path = private_dir(Path(pki_dir)) / ENCRYPTION_CONFIG
     if path.exists():
-        secrets.register(path.read_text())  # its key: a long random-looking run
         return path, False
     key = base64.b64encode(os.urandom(32)).decode()
     write_secret(path, f"""\
